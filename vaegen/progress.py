@@ -26,8 +26,11 @@ class PlainProgress:
             self._last = now
             rate = self.done / max(now - self.start, 1e-9)
             of = f"/{self.total:.0f}" if self.total else ""
-            print(f"{self.description}: {self.done:.0f}{of} ({rate:,.0f}/s) {info}".rstrip(),
-                  file=sys.stderr, flush=True)
+            print(
+                f"{self.description}: {self.done:.0f}{of} ({rate:,.0f}/s) {info}".rstrip(),
+                file=sys.stderr,
+                flush=True,
+            )
 
 
 class RichProgress:

@@ -1,0 +1,142 @@
+"""Frozen configs. `ModelConfig` is saved next to the weights and alone rebuilds the model."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from vaegen.errors import VaegenError
+
+MODELS = ("vae", "cvae")
+ARCHS = ("mlp", "conv")
+LIKELIHOODS = ("bernoulli", "gaussian")
+GAUSSIAN_VARIANCES = ("fixed", "learned")
+
+
+def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise VaegenError(f"--{name} must be one of {', '.join(choices)}; got {value!r}")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Everything needed to rebuild a VAE/CVAE, apart from its weights."""
+
+    model: str = "cvae"
+    arch: str = "mlp"
+    image_shape: tuple[int, int, int] = (1, 8, 8)
+    num_classes: int = 10
+    latent_dim: int = 16
+    hidden_dims: tuple[int, ...] = (512, 256)
+    conv_channels: tuple[int, ...] = (32, 64)
+    likelihood: str = "bernoulli"
+    gaussian_variance: str = "learned"
+    gaussian_std: float = 0.1
+
+    def __post_init__(self) -> None:
+        _check_choice("model", self.model, MODELS)
+        _check_choice("arch", self.arch, ARCHS)
+        _check_choice("likelihood", self.likelihood, LIKELIHOODS)
+        _check_choice("gaussian-variance", self.gaussian_variance, GAUSSIAN_VARIANCES)
+        if self.latent_dim < 1:
+            raise VaegenError(f"--latent-dim must be >= 1; got {self.latent_dim}")
+        if len(self.image_shape) != 3 or min(self.image_shape) < 1:
+            raise VaegenError(f"image shape must be (C, H, W), positive: {self.image_shape}")
+        if self.conditional and self.num_classes < 2:
+            raise VaegenError("a CVAE needs a dataset with at least 2 classes")
+        if not self.hidden_dims or min(self.hidden_dims) < 1:
+            raise VaegenError(f"hidden dims must be positive: {self.hidden_dims}")
+        if not self.conv_channels or min(self.conv_channels) < 1:
+            raise VaegenError(f"conv channels must be positive: {self.conv_channels}")
+        if self.gaussian_std <= 0:
+            raise VaegenError(f"gaussian std must be > 0; got {self.gaussian_std}")
+
+    @property
+    def conditional(self) -> bool:
+        return self.model == "cvae"
+
+    @property
+    def num_pixels(self) -> int:
+        c, h, w = self.image_shape
+        return c * h * w
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(data) - names
+        if unknown:
+            raise VaegenError(f"unknown model config keys: {sorted(unknown)}")
+        kwargs = dict(data)
+        for key in ("image_shape", "hidden_dims", "conv_channels"):
+            if key in kwargs:
+                kwargs[key] = tuple(int(v) for v in kwargs[key])
+        return cls(**kwargs)
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    """How the ELBO terms are weighted during training (evaluation always uses beta = 1)."""
+
+    beta: float = 1.0
+    kl_warmup_epochs: int = 0
+    free_bits: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.beta < 0:
+            raise VaegenError(f"--beta must be >= 0; got {self.beta}")
+        if self.kl_warmup_epochs < 0:
+            raise VaegenError(f"--kl-warmup-epochs must be >= 0; got {self.kl_warmup_epochs}")
+        if self.free_bits < 0:
+            raise VaegenError(f"--free-bits must be >= 0; got {self.free_bits}")
+
+    def kl_weight(self, epoch_progress: float) -> float:
+        """Linear warm-up from 0 to beta over `kl_warmup_epochs` (epoch_progress in epochs)."""
+        if self.kl_warmup_epochs == 0:
+            return self.beta
+        return self.beta * min(1.0, epoch_progress / self.kl_warmup_epochs)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """One training run: data, optimisation and Ray scaling. Saved in RUN/model/config.json."""
+
+    dataset: str = "digits"
+    data_dir: str | None = None
+    image_size: int | None = None
+    binarize: bool = False
+    epochs: int = 10
+    batch_size: int = 128
+    lr: float = 1e-3
+    workers: int = 2
+    gpu: bool = False
+    seed: int = 0
+    keep_checkpoints: int = 3
+    max_failures: int = 3
+    loss: LossConfig = field(default_factory=LossConfig)
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1:
+            raise VaegenError(f"--epochs must be >= 1; got {self.epochs}")
+        if self.batch_size < 1:
+            raise VaegenError(f"--batch-size must be >= 1; got {self.batch_size}")
+        if not self.lr > 0:
+            raise VaegenError(f"--lr must be > 0; got {self.lr}")
+        if self.workers < 1:
+            raise VaegenError(f"--workers must be >= 1; got {self.workers}")
+        if self.image_size is not None and self.image_size < 1:
+            raise VaegenError(f"--image-size must be >= 1; got {self.image_size}")
+        if self.keep_checkpoints < 1:
+            raise VaegenError("keep_checkpoints must be >= 1")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        kwargs = dict(data)
+        kwargs["loss"] = LossConfig(**kwargs.get("loss", {}))
+        return cls(**kwargs)

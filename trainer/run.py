@@ -1,0 +1,221 @@
+"""Driver side of training: validate, start Ray Train, stream per-epoch metrics, save RUN/model."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from trainer.checkpoint import save_model
+from trainer.config import ModelConfig, TrainConfig
+from vaegen.atomic import ensure_writable_dir
+from vaegen.errors import VaegenError
+
+RUN_NAME = "train"
+TRAIN_LOG = "train_log.jsonl"
+CHECKPOINTS = "checkpoints"
+MODEL = "model"
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    run_dir: Path
+    model_dir: Path
+    metrics: dict[str, Any]
+    epochs_run: int
+
+
+def _swap_in(staging: Path, final: Path) -> None:
+    """Replace `final` by the fully written `staging` folder; the old one goes only after."""
+    old = final.with_name(f".{final.name}.old")
+    shutil.rmtree(old, ignore_errors=True)
+    if final.exists():
+        final.rename(old)
+    staging.rename(final)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _has_checkpoints(run_dir: Path) -> bool:
+    root = run_dir / CHECKPOINTS
+    return root.is_dir() and any(root.iterdir())
+
+
+class _LogCallbackFactory:
+    """Builds the Ray Train callback that forwards rank 0's metrics to the driver's queue."""
+
+    @staticmethod
+    def make(queue: Any) -> Any:
+        from ray.train.v2.api.callback import UserCallback
+
+        class ForwardMetrics(UserCallback):
+            def __init__(self, q: Any) -> None:
+                self.q = q
+
+            def after_report(self, run_context: Any, metrics: list, checkpoint: Any) -> None:
+                if metrics:
+                    self.q.put(dict(metrics[0]))
+
+        return ForwardMetrics(queue)
+
+
+def _scaling(workers: int, use_gpu: bool) -> tuple[Any, int]:
+    import ray
+    from ray.train import ScalingConfig
+
+    total = float(ray.cluster_resources().get("CPU", 1.0))
+    if use_gpu and ray.cluster_resources().get("GPU", 0) < workers:
+        raise VaegenError(f"--gpu needs {workers} GPUs in the Ray cluster; it has fewer")
+    # Fractional CPUs when workers outnumber cores, so the group can always be placed.
+    cpus = max(1.0, math.floor(total / workers)) if total >= workers else total / workers
+    scaling = ScalingConfig(
+        num_workers=workers, use_gpu=use_gpu, resources_per_worker={"CPU": cpus}
+    )
+    return scaling, max(1, int(cpus))
+
+
+def train(
+    model_cfg: ModelConfig,
+    train_cfg: TrainConfig,
+    out: str | Path,
+    *,
+    resume: bool = False,
+    ray_address: str | None = None,
+    show_progress: bool = True,
+) -> TrainResult:
+    """Train on Ray and write RUN/{model,checkpoints,train_log.jsonl}."""
+    from trainer.datasets import load_dataset
+    from trainer.inputs import evaluation_inputs
+    from trainer.loop import pack_data, train_loop_per_worker
+
+    run_dir = Path(out).resolve()
+    if _has_checkpoints(run_dir) and not resume:
+        raise VaegenError(f"{run_dir} already holds a training run; pass --resume or a new --out")
+    if resume and not _has_checkpoints(run_dir):
+        raise VaegenError(f"--resume: {run_dir} has no checkpoints to resume from")
+
+    kwargs = {"data_dir": train_cfg.data_dir, "image_size": train_cfg.image_size}
+    train_set = load_dataset(train_cfg.dataset, "train", **kwargs)
+    test_set = load_dataset(train_cfg.dataset, "test", **kwargs)
+    if model_cfg.image_shape != train_set.image_shape:
+        raise VaegenError(
+            f"model image shape {model_cfg.image_shape} != dataset {train_set.image_shape}"
+        )
+    if model_cfg.likelihood == "gaussian" and train_cfg.binarize:
+        raise VaegenError("--binarize goes with the bernoulli likelihood only")
+    ensure_writable_dir(run_dir)
+
+    import ray
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig
+    from ray.train.torch import TorchTrainer
+    from ray.util.queue import Empty, Queue
+
+    from vaegen.raycluster import init_ray
+
+    init_ray(ray_address)
+    scaling, threads = _scaling(train_cfg.workers, train_cfg.gpu)
+    data = pack_data(
+        train_set.images,
+        train_set.labels,
+        evaluation_inputs(test_set.images, train_cfg.binarize),
+        test_set.labels,
+    )
+    queue = Queue(actor_options={"num_cpus": 0})
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={
+            "model": model_cfg.to_dict(),
+            "train": train_cfg.to_dict(),
+            "data_ref": ray.put(data),
+            "threads_per_worker": threads,
+        },
+        scaling_config=scaling,
+        run_config=RunConfig(
+            name=RUN_NAME,
+            storage_path=str(run_dir / CHECKPOINTS),
+            checkpoint_config=CheckpointConfig(num_to_keep=train_cfg.keep_checkpoints),
+            failure_config=FailureConfig(max_failures=train_cfg.max_failures),
+            callbacks=[_LogCallbackFactory.make(queue)],
+        ),
+    )
+    outcome: dict[str, Any] = {}
+
+    def fit() -> None:
+        try:
+            outcome["result"] = trainer.fit()
+        except BaseException as exc:  # noqa: BLE001 - re-raised on the main thread
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=fit, name="ray-train-fit", daemon=True)
+    thread.start()
+    last: dict[str, Any] = {}
+    epochs_run = 0
+    from vaegen import telemetry
+    from vaegen.progress import progress
+
+    with (
+        progress("train", train_cfg.epochs) as bar,
+        open(run_dir / TRAIN_LOG, "a", encoding="utf-8") as log,
+    ):
+        while True:
+            try:
+                metrics = queue.get(timeout=0.5)
+            except Empty:
+                if not thread.is_alive() and queue.empty():
+                    break
+                continue
+            metrics["time"] = time.time()
+            log.write(json.dumps(metrics) + "\n")
+            log.flush()
+            last = metrics
+            epochs_run += 1
+            telemetry.TRAIN_EPOCH_SECONDS.observe(metrics["epoch_seconds"])
+            for term in ("elbo", "reconstruction", "kl"):
+                telemetry.TRAIN_LOSS.labels(term=f"train_{term}").set(metrics[f"train_{term}"])
+                telemetry.TRAIN_LOSS.labels(term=f"test_{term}").set(metrics[f"test_{term}"])
+            if show_progress:
+                bar.advance(
+                    1,
+                    info=f"epoch {metrics['epoch'] + 1}: test ELBO {metrics['test_elbo']:.2f} "
+                    f"({metrics['samples_per_s']:,.0f} samples/s)",
+                )
+    thread.join()
+    if "error" in outcome:
+        raise outcome["error"]
+    result = outcome["result"]
+    if result.error is not None:
+        raise RuntimeError(f"training failed: {result.error}")
+    if result.checkpoint is None:
+        raise RuntimeError("training finished without a checkpoint")
+    from safetensors.torch import load_file
+
+    from trainer.loop import CHECKPOINT_STATE, CHECKPOINT_WEIGHTS
+    from trainer.models import build_model
+
+    model = build_model(model_cfg)
+    with result.checkpoint.as_directory() as directory:
+        model.load_state_dict(load_file(str(Path(directory) / CHECKPOINT_WEIGHTS)))
+        state = json.loads((Path(directory) / CHECKPOINT_STATE).read_text())
+    final = state.get("metrics", last)
+    model_dir = run_dir / MODEL
+    staging = run_dir / f".{MODEL}.tmp"
+    shutil.rmtree(staging, ignore_errors=True)
+    save_model(
+        staging,
+        model,
+        dataset={
+            "name": train_set.name,
+            "image_shape": list(train_set.image_shape),
+            "class_names": list(train_set.class_names),
+            "num_train": len(train_set),
+            "num_test": len(test_set),
+        },
+        train=train_cfg.to_dict(),
+        metrics=final,
+    )
+    _swap_in(staging, model_dir)
+    return TrainResult(run_dir=run_dir, model_dir=model_dir, metrics=final, epochs_run=epochs_run)
