@@ -139,7 +139,7 @@ def read_model_info(path: str | Path) -> ModelInfo:
 
 def load_model(path: str | Path) -> tuple[Any, ModelInfo]:
     """Rebuild the model from RUN/model in eval mode; mismatches raise VaegenError."""
-    from safetensors import SafetensorsError
+    from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     from trainer.models import build_model
@@ -149,7 +149,7 @@ def load_model(path: str | Path) -> tuple[Any, ModelInfo]:
     _check_safetensors_file(weights)
     try:
         state = load_file(str(weights))
-    except (SafetensorsError, OSError, ValueError) as exc:
+    except (SafetensorError, OSError, ValueError) as exc:
         raise VaegenError(f"{weights} is corrupt: {exc}") from None
     model = build_model(info.config)
     expected = model.state_dict()

@@ -27,7 +27,7 @@ class PlainProgress:
             rate = self.done / max(now - self.start, 1e-9)
             of = f"/{self.total:.0f}" if self.total else ""
             print(
-                f"{self.description}: {self.done:.0f}{of} ({rate:,.0f}/s) {info}".rstrip(),
+                f"{self.description}: {self.done:.0f}{of} ({rate:,.3g}/s) {info}".rstrip(),
                 file=sys.stderr,
                 flush=True,
             )
@@ -40,6 +40,19 @@ class RichProgress:
 
     def advance(self, amount: float = 1.0, info: str = "") -> None:
         self._progress.update(self._task, advance=amount, info=info)
+
+
+def _speed_column():  # noqa: ANN202 - rich types stay lazy
+    from rich.progress import ProgressColumn
+    from rich.text import Text
+
+    class SpeedColumn(ProgressColumn):
+        """Items per second; rich's TextColumn cannot format a speed that is still None."""
+
+        def render(self, task):  # noqa: ANN001, ANN202
+            return Text(f"{task.speed:,.1f}/s" if task.speed else "", style="cyan")
+
+    return SpeedColumn()
 
 
 @contextmanager
@@ -63,7 +76,7 @@ def progress(description: str, total: float | None) -> Iterator[PlainProgress | 
         BarColumn(),
         MofNCompleteColumn(),
         TaskProgressColumn(),
-        TextColumn("{task.speed:>9,.0f}/s" if True else ""),
+        _speed_column(),
         TimeElapsedColumn(),
         TimeRemainingColumn(),
         TextColumn("{task.fields[info]}"),
