@@ -7,19 +7,8 @@ from pathlib import Path
 import typer
 
 from vaegen.cliutil import RAY_ADDRESS_OPTION, handle_errors, single_command_app
-from vaegen.errors import VaegenError
 
 app = single_command_app("Train a VAE or CVAE on Ray Train.")
-
-
-def _dims(text: str, option: str) -> tuple[int, ...]:
-    try:
-        dims = tuple(int(v) for v in text.split(",") if v.strip())
-    except ValueError:
-        raise VaegenError(f"{option} takes comma-separated integers, e.g. 512,256") from None
-    if not dims:
-        raise VaegenError(f"{option} needs at least one size")
-    return dims
 
 
 @app.command()
@@ -52,40 +41,13 @@ def train(
     ray_address: str | None = RAY_ADDRESS_OPTION,
 ) -> None:
     """Train a VAE or CVAE on Ray Train; writes RUN/model, RUN/checkpoints, RUN/train_log.jsonl."""
-    from trainer.config import LossConfig, ModelConfig, TrainConfig
-    from trainer.datasets import load_dataset
+    options = dict(locals())
+    for key in ("out", "resume", "ray_address"):
+        options.pop(key)
+    from trainer.options import build_configs
     from trainer.run import train as run_train
 
-    loss = LossConfig(beta=beta, kl_warmup_epochs=kl_warmup_epochs, free_bits=free_bits)
-    train_cfg = TrainConfig(
-        dataset=dataset,
-        data_dir=str(data_dir) if data_dir else None,
-        image_size=image_size,
-        binarize=binarize,
-        epochs=epochs,
-        batch_size=batch_size,
-        lr=lr,
-        workers=workers,
-        gpu=gpu,
-        seed=seed,
-        max_failures=max_failures,
-        loss=loss,
-    )
-    if latent_dim < 1:
-        raise VaegenError(f"--latent-dim must be >= 1; got {latent_dim}")
-    probe = load_dataset(dataset, "test", data_dir=data_dir, image_size=image_size)
-    model_cfg = ModelConfig(
-        model=model,
-        arch=arch,
-        image_shape=probe.image_shape,
-        num_classes=probe.num_classes,
-        latent_dim=latent_dim,
-        hidden_dims=_dims(hidden_dims, "--hidden-dims"),
-        conv_channels=_dims(conv_channels, "--conv-channels"),
-        likelihood=likelihood,
-        gaussian_variance=gaussian_variance,
-        gaussian_std=gaussian_std,
-    )
+    model_cfg, train_cfg = build_configs(**options)
     result = run_train(model_cfg, train_cfg, out, resume=resume, ray_address=ray_address)
     m = result.metrics
     print(
