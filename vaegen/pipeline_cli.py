@@ -1,17 +1,50 @@
-"""`vaegen pipeline` (placeholder until its issue lands)."""
+"""`vaegen pipeline --config FILE.toml`: every stage, with every artifact under one directory."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import typer
 
-from vaegen.cliutil import handle_errors, single_command_app
-from vaegen.errors import VaegenError
+from vaegen.cliutil import RAY_ADDRESS_OPTION, handle_errors, single_command_app
 
-app = single_command_app("Not yet available.")
+app = single_command_app("Run train, export, generate and eval from one TOML file.")
 
 
-@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def _summary_table(report_dir: Path) -> str:
+    """The few numbers people look at first, from REPORT/metrics.json."""
+    metrics = json.loads((report_dir / "metrics.json").read_text())
+    rows = []
+    for section, key, label in (
+        ("likelihood", "elbo_nats", "test ELBO (nats)"),
+        ("likelihood", "iwae_nll_nats", "IWAE NLL (nats)"),
+        ("likelihood", "elbo_bits_per_dim", "ELBO (bits/dim)"),
+        ("fid", "fid", "FID (judge)"),
+        ("fid", "kid_mean", "KID"),
+        ("fid", "precision", "precision"),
+        ("fid", "recall", "recall"),
+        ("cas", "cas_accuracy", "CAS accuracy"),
+        ("cas", "real_accuracy", "real-data accuracy"),
+        ("cas", "label_fidelity", "label fidelity"),
+    ):
+        value = (metrics.get(section) or {}).get(key)
+        if isinstance(value, int | float):
+            rows.append(f"  {label:<22}{value:>12.4f}")
+    return "\n".join(rows)
+
+
+@app.command()
 @handle_errors
-def main(ctx: typer.Context) -> None:
-    """Not yet available."""
-    raise VaegenError("this command is not yet available")
+def pipeline(
+    config: Path = typer.Option(..., help="Pipeline TOML (see configs/)."),
+    force: bool = typer.Option(False, help="Rerun every stage, even up-to-date ones."),
+    ray_address: str | None = RAY_ADDRESS_OPTION,
+) -> None:
+    """Run train -> export -> generate -> eval; skips stages whose output matches the config."""
+    from vaegen.pipeline import load_config, run_pipeline
+
+    cfg = load_config(config)
+    run_pipeline(cfg, force=force, ray_address=ray_address)
+    print(f"report: {cfg.report_dir / 'report.html'}")
+    print(_summary_table(cfg.report_dir))

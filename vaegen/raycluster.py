@@ -24,4 +24,6 @@ def init_ray(address: str | None = None, *, num_cpus: int | None = None) -> None
     if address:
         ray.init(address=address, **kwargs)
     else:
-        ray.init(num_cpus=num_cpus or os.cpu_count() or 1, **kwargs)
+        # "local", not None: with None, Ray joins any cluster a `ray start` left on this machine
+        # (and then rejects num_cpus); DESIGN says no address means a fresh local Ray.
+        ray.init(address="local", num_cpus=num_cpus or os.cpu_count() or 1, **kwargs)
