@@ -1,0 +1,357 @@
+"""Benchmark `vaegen generate` against the loops it replaces.
+
+Prints, for N samples (default 1M) written as raw parquet by `run_generation` on this machine:
+- end-to-end samples/s of the job (Ray already started; the cold start is printed apart);
+- the raw single-process onnxruntime loop on the same decoder (inputs + session.run, no
+  writes), and the ratio job / raw ORT (target >= 0.8);
+- a plain PyTorch script a user would otherwise write (a loop of torch decoder calls with
+  parquet writes), and the ratio job / torch (target >= 1.5);
+- peak RSS of the driver plus every Ray process under it, at 200k and at 2M samples
+  (target: RSS(2M) <= 1.2 x RSS(200k)).
+
+The decoder is the trainer's default CVAE MLP for MNIST-shaped data (latent 16, 10 classes,
+1x28x28, Bernoulli mean) with random weights, exported by exporter.graph (or, while that is not
+importable, built with onnx.helper from the same weights). Only the bench imports torch and
+trainer; workers/ never does.
+
+    .venv/bin/python bench/generate.py            # full run, several minutes on 2 cores
+    .venv/bin/python bench/generate.py --quick    # smoke run, well under a minute of work
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+LATENT, CLASSES, SHAPE = 16, 10, (1, 28, 28)
+
+
+def build_model(seed: int = 0):  # noqa: ANN201 - a trainer VAE, lazily typed
+    """The trainer's default CVAE MLP for MNIST-shaped images, random weights."""
+    import torch
+
+    from trainer.config import ModelConfig
+    from trainer.models import build_model as build
+
+    torch.manual_seed(seed)
+    cfg = ModelConfig(
+        model="cvae", arch="mlp", image_shape=SHAPE, num_classes=CLASSES, latent_dim=LATENT
+    )
+    return build(cfg).eval()
+
+
+def export_decoder(model, path: Path) -> str:  # noqa: ANN001
+    """decoder.onnx via the exporter's graph; if that is unavailable, the same network by hand."""
+    import onnx
+
+    names = [str(i) for i in range(CLASSES)]
+    try:
+        from exporter.graph import export_onnx
+        from exporter.metadata import attach_metadata, build_metadata
+
+        proto = export_onnx(model)
+        attach_metadata(proto, build_metadata(model.cfg, names, "0" * 64, "bench", "fp32"))
+        onnx.save(proto, str(path))
+        return "exporter.graph.export_onnx"
+    except Exception as exc:  # noqa: BLE001 - the exporter is optional for this bench
+        _helper_graph(model, path, names)
+        return f"onnx.helper from the same weights (exporter unavailable: {type(exc).__name__})"
+
+
+def _helper_graph(model, path: Path, names: list[str]) -> None:  # noqa: ANN001
+    """The decoder MLP as ONNX (Gather one-hot, Concat, Gemm/Relu, quantize), with metadata."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    linears = [m for m in model.decoder.mlp if hasattr(m, "weight")]
+    inits = [
+        numpy_helper.from_array(np.eye(CLASSES, dtype=np.float32), "eye"),
+        numpy_helper.from_array(np.array([-1, *SHAPE], np.int64), "shape"),
+        numpy_helper.from_array(np.array(255.0, np.float32), "s255"),
+        numpy_helper.from_array(np.array(0.0, np.float32), "lo"),
+        numpy_helper.from_array(np.array(255.0, np.float32), "hi"),
+    ]
+    nodes = [
+        helper.make_node("Gather", ["eye", "y"], ["oh"], axis=0),
+        helper.make_node("Concat", ["z", "oh"], ["h0"], axis=1),
+    ]
+    x = "h0"
+    for i, lin in enumerate(linears):
+        inits.append(numpy_helper.from_array(lin.weight.detach().numpy(), f"w{i}"))
+        inits.append(numpy_helper.from_array(lin.bias.detach().numpy(), f"b{i}"))
+        nodes.append(helper.make_node("Gemm", [x, f"w{i}", f"b{i}"], [f"g{i}"], transB=1))
+        x = f"g{i}"
+        if i < len(linears) - 1:
+            nodes.append(helper.make_node("Relu", [x], [f"r{i}"]))
+            x = f"r{i}"
+    nodes += [
+        helper.make_node("Reshape", [x, "shape"], ["logits"]),
+        helper.make_node("Sigmoid", ["logits"], ["mean"]),
+        helper.make_node("Mul", ["mean", "s255"], ["scaled"]),
+        helper.make_node("Round", ["scaled"], ["rounded"]),
+        helper.make_node("Clip", ["rounded", "lo", "hi"], ["clipped"]),
+        helper.make_node("Cast", ["clipped"], ["image"], to=TensorProto.UINT8),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "bench_decoder",
+        [
+            helper.make_tensor_value_info("z", TensorProto.FLOAT, ["B", LATENT]),
+            helper.make_tensor_value_info("y", TensorProto.INT64, ["B"]),
+        ],
+        [
+            helper.make_tensor_value_info("image", TensorProto.UINT8, ["B", *SHAPE]),
+            helper.make_tensor_value_info("mean", TensorProto.FLOAT, ["B", *SHAPE]),
+        ],
+        initializer=inits,
+    )
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    proto.ir_version = 8
+    props = {
+        "vaegen_version": "bench",
+        "latent_dim": str(LATENT),
+        "num_classes": str(CLASSES),
+        "class_names": json.dumps(names),
+        "image_shape": json.dumps(list(SHAPE)),
+        "likelihood": "bernoulli",
+        "source_sha256": "0" * 64,
+    }
+    helper.set_model_props(proto, props)
+    onnx.checker.check_model(proto)
+    onnx.save(proto, str(path))
+
+
+def parity(module, onnx_path: Path) -> int:  # noqa: ANN001
+    """Max pixel difference torch vs ORT on one batch (the two must be the same network)."""
+    import onnxruntime as ort
+    import torch
+
+    rng = np.random.default_rng(0)
+    z = rng.standard_normal((256, LATENT), dtype=np.float32)
+    y = rng.integers(0, CLASSES, 256)
+    with torch.no_grad():
+        ref = (module.decode(torch.from_numpy(z), torch.from_numpy(y)) * 255).round().numpy()
+    sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    got = sess.run(["image"], {"z": z, "y": y})[0]
+    return int(np.abs(got.astype(int) - ref.astype(int)).max())
+
+
+def raw_ort_loop(onnx_path: Path, n: int, batch: int) -> float:
+    """samples/s of the plainest ORT loop: draw inputs, session.run, keep nothing."""
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(0)
+    sess.run(["image"], {"z": np.zeros((8, LATENT), np.float32), "y": np.zeros(8, np.int64)})
+    t0 = time.perf_counter()
+    for start in range(0, n, batch):
+        b = min(batch, n - start)
+        z = rng.standard_normal((b, LATENT), dtype=np.float32)
+        y = rng.integers(0, CLASSES, b)
+        sess.run(["image"], {"z": z, "y": y})
+    return n / (time.perf_counter() - t0)
+
+
+def torch_script(module, n: int, batch: int, out: Path) -> float:  # noqa: ANN001
+    """samples/s of the script a user would write: torch decoder calls + parquet writes."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    import torch
+
+    width = int(np.prod(SHAPE))
+    schema = pa.schema(
+        [("id", pa.int64()), ("label", pa.int64()), ("label_name", pa.string()),
+         ("image", pa.binary(width))]
+    )  # fmt: skip
+    names = np.array([str(i) for i in range(CLASSES)], dtype=object)
+    t0 = time.perf_counter()
+    with torch.no_grad(), pq.ParquetWriter(out, schema) as writer:
+        for start in range(0, n, batch):
+            b = min(batch, n - start)
+            z = torch.randn(b, LATENT)
+            y = torch.randint(0, CLASSES, (b,))
+            img = (module.decode(z, y) * 255).round().clamp(0, 255).to(torch.uint8).numpy()
+            labels = y.numpy()
+            table = pa.table(
+                {
+                    "id": pa.array(np.arange(start, start + b)),
+                    "label": pa.array(labels),
+                    "label_name": pa.array(names[labels], type=pa.string()),
+                    "image": pa.FixedSizeBinaryArray.from_buffers(
+                        pa.binary(width), b, [None, pa.py_buffer(img.reshape(b, -1))]
+                    ),
+                },
+                schema=schema,
+            )
+            writer.write_table(table)
+    return n / (time.perf_counter() - t0)
+
+
+class TreeRss:
+    """Samples the summed RSS of one process and all its descendants (its Ray included)."""
+
+    def __init__(self, pid: int, interval: float = 0.2) -> None:
+        import psutil
+
+        self._psutil = psutil
+        self.root = psutil.Process(pid)
+        self.interval = interval
+        self.peak = 0
+        self.peak_detail: dict[str, int] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _sample(self) -> None:
+        total, detail = 0, {}
+        try:
+            procs = [self.root, *self.root.children(recursive=True)]
+        except self._psutil.Error:
+            return
+        for proc in procs:
+            try:
+                rss = proc.memory_info().rss
+                name = proc.name()
+            except self._psutil.Error:
+                continue
+            total += rss
+            name = name.split("(")[0].replace(".submit", "")
+            detail[name] = detail.get(name, 0) + rss
+        if total > self.peak:
+            self.peak, self.peak_detail = total, detail
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self._sample()
+            self._stop.wait(self.interval)
+
+    def __enter__(self) -> TreeRss:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def cli_peak_rss(onnx_path: Path, n: int, out: Path, batch: int, workers: int | None):  # noqa: ANN201
+    """Run `python -m workers` (= `vaegen generate`) in a fresh process; sample its tree."""
+    import subprocess
+
+    if out.exists():
+        shutil.rmtree(out)
+    cmd = [sys.executable, "-m", "workers", str(onnx_path), "-n", str(n), "--out", str(out),
+           "--batch-size", str(batch)]  # fmt: skip
+    cmd += ["--workers", str(workers)] if workers else []
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env.pop("RAY_ADDRESS", None)
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    with TreeRss(proc.pid) as rss:
+        stdout, stderr = proc.communicate()
+    if proc.returncode != 0:
+        raise SystemExit(f"generate failed: {stderr.decode()[-2000:]}")
+    wall = time.perf_counter() - t0
+    shutil.rmtree(out)
+    return rss, n / wall
+
+
+def run_job(
+    onnx_path: Path, n: int, out: Path, batch: int, workers: int | None
+) -> tuple[float, dict]:
+    from workers.job import run_generation
+    from workers.spec import build_spec
+
+    spec = build_spec(str(onnx_path), n, batch_size=batch)
+    if out.exists():
+        shutil.rmtree(out)
+    t0 = time.perf_counter()
+    manifest = run_generation(spec, out, workers=workers, show_progress=False)
+    return n / (time.perf_counter() - t0), manifest
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="small N: a smoke run")
+    parser.add_argument("--samples", type=int, default=None, help="N for the throughput runs")
+    parser.add_argument("--batch-size", type=int, default=4096)
+    parser.add_argument("--workers", type=int, default=None, help="actors (default: auto)")
+    parser.add_argument("--skip-rss", action="store_true", help="skip the 200k/2M RSS runs")
+    parser.add_argument("--workdir", type=Path, default=None, help="scratch folder")
+    args = parser.parse_args()
+    n = args.samples or (50_000 if args.quick else 1_000_000)
+    rss_sizes = (20_000, 200_000) if args.quick else (200_000, 2_000_000)
+
+    import onnxruntime as ort
+    import pyarrow
+    import ray
+    import torch
+
+    from vaegen.raycluster import init_ray
+
+    work = args.workdir or Path(tempfile.mkdtemp(prefix="vaegen-bench-"))
+    work.mkdir(parents=True, exist_ok=True)
+    print(f"machine: {os.cpu_count()} CPUs; onnxruntime {ort.__version__}, torch "
+          f"{torch.__version__} ({torch.get_num_threads()} threads), pyarrow "
+          f"{pyarrow.__version__}, ray {ray.__version__}")  # fmt: skip
+    module = build_model()
+    onnx_path = work / "decoder.onnx"
+    how = export_decoder(module, onnx_path)
+    print(f"decoder: trainer CVAE MLP, latent {LATENT} + {CLASSES} classes -> hidden "
+          f"{tuple(reversed(module.cfg.hidden_dims))} -> {SHAPE}; ONNX by {how}; torch vs ORT "
+          f"max pixel diff {parity(module, onnx_path)}")  # fmt: skip
+    print(f"N = {n:,} samples, batch {args.batch_size}, raw uint8 parquet")
+
+    # Other work on this machine shifts timings: time the raw loop before and after the job.
+    raw_before = raw_ort_loop(onnx_path, n, args.batch_size)
+    print(f"raw ORT loop (1 process, default threads, no writes): {raw_before:12,.0f} samples/s")
+    plain = torch_script(module, n, args.batch_size, work / "torch.parquet")
+    print(f"plain torch script (decoder + parquet writes):        {plain:12,.0f} samples/s")
+
+    t0 = time.perf_counter()
+    init_ray()
+    cold = time.perf_counter() - t0
+    rate, manifest = run_job(onnx_path, n, work / "ds", args.batch_size, args.workers)
+    ex = manifest["execution"]
+    print(f"vaegen generate (run_generation, Ray up):              {rate:12,.0f} samples/s "
+          f"({ex['workers']} actors x {ex['threads']} ORT threads, "
+          f"{manifest['num_shards']} shards; Ray start took {cold:.1f} s more)")  # fmt: skip
+    raw_after = raw_ort_loop(onnx_path, n, args.batch_size)
+    raw = (raw_before + raw_after) / 2
+    print(f"raw ORT loop again, after the job:                    {raw_after:12,.0f} samples/s")
+    print(f"  job / raw ORT loop (mean of both): {rate / raw:5.2f}   (target >= 0.8)")
+    print(f"  job / torch script:                {rate / plain:5.2f}   (target >= 1.5)")
+    if args.quick:
+        print("  (--quick: at this N the pool's ~4 s start-up dominates; the targets are for 1M)")
+    shutil.rmtree(work / "ds")
+
+    ray.shutdown()
+
+    if not args.skip_rss:
+        peaks = []
+        for size in rss_sizes:
+            rss, r = cli_peak_rss(onnx_path, size, work / "ds", args.batch_size, args.workers)
+            peaks.append(rss.peak)
+            top = sorted(rss.peak_detail.items(), key=lambda kv: -kv[1])[:4]
+            print(f"peak RSS of `vaegen generate` (driver + its Ray), {size:>9,} samples: "
+                  f"{rss.peak / 2**20:6,.0f} MiB  (cold CLI {r:,.0f} samples/s; largest: "
+                  + ", ".join(f"{k} {v / 2**20:,.0f}" for k, v in top) + ")")  # fmt: skip
+        print(f"  RSS({rss_sizes[1]:,}) / RSS({rss_sizes[0]:,}): {peaks[1] / peaks[0]:5.2f}"
+              "   (target <= 1.2)")  # fmt: skip
+    if args.workdir is None:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

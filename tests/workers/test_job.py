@@ -1,0 +1,275 @@
+"""End-to-end generation on a local Ray: exact counts, worker-count invariance, formats,
+resume after a killed driver, a killed worker, and CLI errors that need Ray."""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import psutil
+import pytest
+from typer.testing import CliRunner
+
+from workers.cli import app
+from workers.job import SHARD_DELAY_ENV, run_generation
+from workers.manifest import MANIFEST
+from workers.spec import JobSpec, build_spec
+from workers.writers import decode_png, file_digest, read_parquet_images
+
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:ray.data.context")
+REPO = Path(__file__).resolve().parents[2]
+# Uneven on purpose: one tiny class, and 1000 rows in shards of 128 leave a short last shard.
+COUNTS = "0=37,3=500,c5=463"
+SPEC_ARGS = ["--num-samples", "1000", "--class-counts", COUNTS, "--shard-size", "128",
+             "--batch-size", "50", "--seed", "7"]  # fmt: skip
+WANT = {0: 37, 3: 500, 5: 463}
+
+
+def _spec(model: Path, **kw) -> JobSpec:  # noqa: ANN003
+    args = dict(class_counts=COUNTS, shard_size=128, batch_size=50, seed=7)
+    return build_spec(str(model), 1000, **{**args, **kw})
+
+
+def _shard_hashes(out: Path) -> list[tuple[str, str]]:
+    """(file, sha256) per shard, as recorded; every file on disk must match its record."""
+    manifest = json.loads((out / MANIFEST).read_text())
+    for shard in manifest["shards"]:
+        assert file_digest(out / shard["file"]) == shard["sha256"], shard["file"]
+    return [(s["file"], s["sha256"]) for s in manifest["shards"]]
+
+
+def _read_all(out: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
+    parts = [read_parquet_images(p) for p in sorted(out.glob("part-*.parquet"))]
+    names = []
+    import pyarrow.parquet as pq
+
+    for p in sorted(out.glob("part-*.parquet")):
+        names += pq.read_table(p, columns=["label_name"]).column(0).to_pylist()
+    ids, labels, images = (np.concatenate(x) for x in zip(*parts, strict=True))
+    return ids, labels, images, names
+
+
+def _no_temp_files(out: Path) -> bool:
+    return not [p for p in out.rglob("*") if p.name.startswith(".") or p.suffix == ".tmp"]
+
+
+@pytest.fixture(scope="module")
+def ray_local():  # noqa: ANN201
+    import ray
+
+    from vaegen.raycluster import init_ray
+
+    started = not ray.is_initialized()
+    init_ray()
+    yield
+    if started:  # leave a Ray that another module started to its owner
+        ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def reference(ray_local, cvae_onnx: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:  # noqa: ANN001
+    out = tmp_path_factory.mktemp("ref") / "ds"
+    run_generation(_spec(cvae_onnx), out, workers=1, show_progress=False)
+    return out
+
+
+def test_uneven_class_counts_are_exact(reference: Path) -> None:
+    manifest = json.loads((reference / MANIFEST).read_text())
+    ids, labels, images, names = _read_all(reference)
+    assert np.array_equal(np.sort(ids), np.arange(1000)) and len(set(ids.tolist())) == 1000
+    assert Counter(labels.tolist()) == WANT
+    assert names == [f"c{label}" for label in labels]
+    assert manifest["complete"] and manifest["num_rows"] == 1000
+    assert manifest["class_counts"] == {"0": 37, "3": 500, "5": 463}
+    assert manifest["spec"]["class_counts"] == manifest["class_counts"]
+    assert [s["rows"] for s in manifest["shards"]] == [128] * 7 + [104]
+    for shard in manifest["shards"]:
+        assert file_digest(reference / shard["file"]) == shard["sha256"]
+        got = Counter(read_parquet_images(reference / shard["file"])[1].tolist())
+        assert {str(k): v for k, v in got.items()} == shard["class_counts"]
+    assert images.std() > 10  # real decoder output, not zeros
+    assert _no_temp_files(reference)
+
+
+def test_two_workers_give_identical_shards(
+    reference: Path, cvae_onnx: Path, tmp_path: Path
+) -> None:
+    manifest = run_generation(_spec(cvae_onnx), tmp_path / "ds", workers=2, show_progress=False)
+    assert manifest["execution"]["workers"] == 2 and manifest["execution"]["threads"] == 1
+    assert _shard_hashes(tmp_path / "ds") == _shard_hashes(reference)
+
+
+def test_png_npz_and_imagefolder_hold_the_raw_pixels(
+    reference: Path, cvae_onnx: Path, tmp_path: Path
+) -> None:
+    ref_ids, ref_labels, ref_images, _ = _read_all(reference)
+    by_id = ref_images[np.argsort(ref_ids)]
+    label_by_id = ref_labels[np.argsort(ref_ids)]
+
+    png = tmp_path / "png"
+    run_generation(_spec(cvae_onnx, encoding="png"), png, workers=2, show_progress=False)
+    ids, labels, images, _ = _read_all(png)
+    assert np.array_equal(images, by_id[ids]) and np.array_equal(labels, label_by_id[ids])
+
+    npz = tmp_path / "npz"
+    run_generation(_spec(cvae_onnx, format="npz"), npz, workers=2, show_progress=False)
+    for part in sorted(npz.glob("part-*.npz")):
+        with np.load(part) as data:
+            assert np.array_equal(data["images"], by_id[data["id"]])
+            assert np.array_equal(data["label"], label_by_id[data["id"]])
+
+    folder = tmp_path / "folder"
+    run_generation(_spec(cvae_onnx, format="imagefolder"), folder, workers=2, show_progress=False)
+    with open(folder / "labels.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [int(r["id"]) for r in rows] == list(range(1000))
+    assert Counter(int(r["label"]) for r in rows) == WANT
+    assert len(list(folder.glob("*/*.png"))) == 1000
+    for row in rows[::97]:
+        sample_id = int(row["id"])
+        assert row["path"] == f"c{row['label']}/{sample_id}.png"
+        assert np.array_equal(decode_png((folder / row["path"]).read_bytes()), by_id[sample_id])
+    assert _no_temp_files(folder)
+
+
+def test_plain_vae_is_unlabeled(ray_local, vae_onnx: Path, tmp_path: Path) -> None:  # noqa: ANN001
+    spec = build_spec(str(vae_onnx), 50, shard_size=20)
+    manifest = run_generation(spec, tmp_path / "ds", show_progress=False)
+    ids, labels, _, names = _read_all(tmp_path / "ds")
+    assert manifest["class_counts"] == {"-1": 50} and manifest["class_names"] == []
+    assert (labels == -1).all() and set(names) == {""} and sorted(ids) == list(range(50))
+
+
+def test_resume_regenerates_only_a_corrupt_shard(
+    reference: Path, cvae_onnx: Path, tmp_path: Path
+) -> None:
+    import shutil
+
+    out = tmp_path / "ds"
+    shutil.copytree(reference, out)
+    victim = out / "part-00002.parquet"
+    victim.write_bytes(victim.read_bytes()[:-10])
+    (out / "part-00005.parquet").unlink()
+    manifest = run_generation(_spec(cvae_onnx), out, resume=True, show_progress=False)
+    assert manifest["execution"]["resumed_shards"] == 6
+    assert manifest["execution"]["generated_samples"] == 256
+    assert _shard_hashes(out) == _shard_hashes(reference)
+
+
+def test_resume_refuses_another_spec_or_model(
+    reference: Path, tmp_path: Path, make_decoder
+) -> None:  # noqa: ANN001
+    runner = CliRunner()
+    model = json.loads((reference / MANIFEST).read_text())["model"]["path"]
+    result = runner.invoke(app, [model, *SPEC_ARGS[:-1], "8", "--out", str(reference), "--resume"])
+    assert result.exit_code == 2 and "different spec (seed: 7 -> 8)" in result.output
+    other = make_decoder(tmp_path / "other.onnx", seed=1)
+    result = runner.invoke(app, [str(other), *SPEC_ARGS, "--out", str(reference), "--resume"])
+    assert result.exit_code == 2 and "another model" in result.output
+    result = runner.invoke(app, [model, *SPEC_ARGS, "--out", str(reference)])
+    assert result.exit_code == 2 and "--resume or --overwrite" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_gpu_request_without_gpu_exits_2(ray_local, cvae_onnx: Path, tmp_path: Path) -> None:  # noqa: ANN001
+    out = tmp_path / "ds"
+    result = CliRunner().invoke(
+        app, [str(cvae_onnx), "-n", "10", "--gpus-per-worker", "1", "--out", str(out)]
+    )
+    assert result.exit_code == 2, result.output
+    assert "GPU" in result.output and len(result.output.strip().splitlines()) == 1
+    assert not out.exists()
+
+
+def _wait_for_shard(out: Path, timeout: float, proc: subprocess.Popen | None = None) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise AssertionError(f"driver exited early: {proc.communicate()}")
+        try:
+            manifest = json.loads((out / MANIFEST).read_text())
+        except (OSError, json.JSONDecodeError):
+            manifest = {}
+        if manifest.get("shards"):
+            return manifest
+        time.sleep(0.05)
+    raise AssertionError("no shard finished in time")
+
+
+@pytest.mark.slow
+def test_killed_worker_is_replaced(
+    reference: Path, cvae_onnx: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(SHARD_DELAY_ENV, "1.0")  # keeps each actor busy long enough to kill
+    out = tmp_path / "ds"
+    result: dict = {}
+
+    def job() -> None:
+        try:
+            result["manifest"] = run_generation(
+                _spec(cvae_onnx), out, workers=2, show_progress=False
+            )
+        except BaseException as exc:  # noqa: BLE001 - handed to the test thread
+            result["error"] = exc
+
+    thread = threading.Thread(target=job)
+    thread.start()
+    first = _wait_for_shard(out, timeout=180)["shards"][0]
+    victim = psutil.Process(first["pid"])
+    assert "ray" in " ".join(victim.cmdline()).lower() or "ray::" in victim.name()
+    victim.kill()
+    thread.join(timeout=300)
+    assert not thread.is_alive() and "error" not in result, result.get("error")
+    manifest = result["manifest"]
+    assert not victim.is_running()
+    assert manifest["complete"] and manifest["class_counts"] == {"0": 37, "3": 500, "5": 463}
+    assert _shard_hashes(out) == _shard_hashes(reference)
+    # The dead actor was restarted (a third pid) and its in-flight shard retried there.
+    assert len({s["pid"] for s in manifest["shards"]}) >= 3
+    assert _no_temp_files(out)
+
+
+@pytest.mark.slow
+def test_killed_driver_then_resume_matches_uninterrupted(
+    reference: Path, cvae_onnx: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "ds"
+    env = {**os.environ, SHARD_DELAY_ENV: "1.5", "PYTHONPATH": str(REPO)}
+    env.pop("RAY_ADDRESS", None)
+    cmd = [sys.executable, "-m", "workers", str(cvae_onnx), *SPEC_ARGS, "--workers", "1",
+           "--out", str(out)]  # fmt: skip
+    proc = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        _wait_for_shard(out, timeout=180, proc=proc)
+        tree = psutil.Process(proc.pid).children(recursive=True)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+        # Its local Ray (GCS, raylet, the actor) goes down too, as on a lost machine; Ray's
+        # own fate-sharing takes a minute for some agents, so end them now, by pid.
+        for child in tree:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                child.kill()
+        psutil.wait_procs(tree, timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    killed = json.loads((out / MANIFEST).read_text())
+    assert not killed["complete"] and 1 <= len(killed["shards"]) < 8
+    result = CliRunner().invoke(app, [str(cvae_onnx), *SPEC_ARGS, "--out", str(out), "--resume"])
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((out / MANIFEST).read_text())
+    assert manifest["complete"] and manifest["execution"]["resumed_shards"] >= 1
+    assert _shard_hashes(out) == _shard_hashes(reference)
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        [MANIFEST] + [f"part-{i:05d}.parquet" for i in range(8)]
+    )

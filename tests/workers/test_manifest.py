@@ -1,0 +1,65 @@
+"""Manifest bookkeeping: totals, resume compatibility, and how often it is rewritten."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+from vaegen.errors import VaegenError
+from workers.job import _ManifestSaver
+from workers.manifest import MANIFEST, add_shard, check_resumable, new_manifest, write_manifest
+from workers.spec import build_spec
+
+
+def _record(index: int, counts: dict[str, int]) -> dict:
+    return {
+        "index": index,
+        "file": f"part-{index:05d}.parquet",
+        "rows": sum(counts.values()),
+        "sha256": "0" * 64,
+        "seed": 1,
+        "class_counts": counts,
+        "batch_seconds": [0.1],
+    }
+
+
+def test_totals_follow_finished_shards(cvae_onnx: Path, tmp_path: Path) -> None:
+    manifest = new_manifest(build_spec(str(cvae_onnx), 30, shard_size=10))
+    add_shard(manifest, _record(2, {"3": 4, "10": 6}))
+    add_shard(manifest, _record(0, {"3": 10}))
+    add_shard(manifest, _record(2, {"3": 4, "10": 6}))  # a repeat replaces, never double counts
+    assert [s["index"] for s in manifest["shards"]] == [0, 2]
+    assert manifest["class_counts"] == {"3": 14, "10": 6} and manifest["num_rows"] == 20
+    assert "batch_seconds" not in manifest["shards"][0]
+    write_manifest(tmp_path, manifest)
+    assert json.loads((tmp_path / MANIFEST).read_text()) == manifest
+    assert (tmp_path / MANIFEST).stat().st_mode & 0o777 == 0o644
+
+
+def test_resume_needs_the_same_spec_and_model(cvae_onnx: Path, vae_onnx: Path) -> None:
+    old = new_manifest(build_spec(str(cvae_onnx), 30, shard_size=10))
+    check_resumable(old, build_spec(str(cvae_onnx), 30, shard_size=10), Path("d"))
+    with pytest.raises(VaegenError, match=r"shard_size: 10 -> 11"):
+        check_resumable(old, build_spec(str(cvae_onnx), 30, shard_size=11), Path("d"))
+    with pytest.raises(VaegenError, match="another model"):
+        check_resumable(old, build_spec(str(vae_onnx), 30, shard_size=10), Path("d"))
+
+
+def test_saver_spaces_out_costly_rewrites(tmp_path: Path) -> None:
+    manifest = {"shards": []}
+    saver = _ManifestSaver(tmp_path, manifest)
+    saver.save()
+    assert (tmp_path / MANIFEST).exists()
+    saver.cost = 10.0  # pretend one rewrite takes 10 s: the next may wait 200 s
+    manifest["shards"].append(1)
+    saver.save()
+    assert json.loads((tmp_path / MANIFEST).read_text())["shards"] == []
+    saver.save(force=True)
+    assert json.loads((tmp_path / MANIFEST).read_text())["shards"] == [1]
+    saver.cost, saver.last = 0.001, time.monotonic() - 1
+    manifest["shards"].append(2)
+    saver.save()
+    assert json.loads((tmp_path / MANIFEST).read_text())["shards"] == [1, 2]

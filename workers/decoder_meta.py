@@ -1,0 +1,179 @@
+"""Read and validate a vaegen decoder.onnx (metadata and input/output signature).
+
+This parses the ONNX protobuf only; no onnxruntime session is built, so the CLI can reject a bad
+file in milliseconds and before anything is written.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from vaegen.errors import VaegenError
+
+REQUIRED_PROPS = (
+    "vaegen_version",
+    "latent_dim",
+    "num_classes",
+    "class_names",
+    "image_shape",
+    "likelihood",
+    "source_sha256",
+)
+
+
+@dataclass(frozen=True)
+class DecoderInfo:
+    """What the generator needs to know about a decoder, taken from its metadata."""
+
+    path: str
+    sha256: str
+    latent_dim: int
+    num_classes: int  # 0: a plain VAE, no `y` input and no labels
+    class_names: tuple[str, ...]
+    image_shape: tuple[int, int, int]  # (C, H, W)
+    likelihood: str
+    vaegen_version: str
+    source_sha256: str
+
+    @property
+    def conditional(self) -> bool:
+        return self.num_classes > 0
+
+    @property
+    def image_bytes(self) -> int:
+        c, h, w = self.image_shape
+        return c * h * w
+
+    def to_json(self) -> dict:
+        return {
+            "sha256": self.sha256,
+            "latent_dim": self.latent_dim,
+            "num_classes": self.num_classes,
+            "class_names": list(self.class_names),
+            "image_shape": list(self.image_shape),
+            "likelihood": self.likelihood,
+            "vaegen_version": self.vaegen_version,
+            "source_sha256": self.source_sha256,
+        }
+
+
+def file_sha256(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _dims(value_info) -> list[int | str | None]:  # noqa: ANN001 - onnx.ValueInfoProto
+    shape = value_info.type.tensor_type.shape
+    out: list[int | str | None] = []
+    for dim in shape.dim:
+        if dim.HasField("dim_value"):
+            out.append(int(dim.dim_value))
+        elif dim.HasField("dim_param"):
+            out.append(dim.dim_param)
+        else:
+            out.append(None)
+    return out
+
+
+def _json_prop(props: dict[str, str], key: str, where: str) -> object:
+    try:
+        return json.loads(props[key])
+    except (json.JSONDecodeError, TypeError):
+        raise VaegenError(f"{where}: metadata {key!r} is not valid JSON") from None
+
+
+def read_decoder(path: str | os.PathLike[str]) -> DecoderInfo:
+    """Validate `path` as a vaegen decoder and return its metadata, or raise VaegenError."""
+    import onnx
+    from onnx import TensorProto
+
+    path = Path(path)
+    where = str(path)
+    if not path.is_file():
+        raise VaegenError(f"{where}: no such model file")
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:  # noqa: BLE001 - protobuf raises several unrelated types
+        raise VaegenError(f"{where}: not an ONNX model ({type(exc).__name__})") from None
+    if len(model.graph.node) == 0:
+        raise VaegenError(f"{where}: not an ONNX model (empty graph)")
+    props = {p.key: p.value for p in model.metadata_props}
+    missing = [k for k in REQUIRED_PROPS if k not in props]
+    if missing:
+        raise VaegenError(
+            f"{where}: not a vaegen decoder (metadata lacks {', '.join(missing)}); "
+            "export it with `vaegen export`"
+        )
+    try:
+        latent_dim = int(props["latent_dim"])
+        num_classes = int(props["num_classes"])
+    except ValueError:
+        raise VaegenError(f"{where}: metadata latent_dim/num_classes are not integers") from None
+    class_names = _json_prop(props, "class_names", where)
+    image_shape = _json_prop(props, "image_shape", where)
+    if latent_dim < 1 or num_classes < 0:
+        raise VaegenError(f"{where}: metadata latent_dim must be >= 1 and num_classes >= 0")
+    if not isinstance(class_names, list) or not all(isinstance(n, str) for n in class_names):
+        raise VaegenError(f"{where}: metadata class_names must be a JSON list of strings")
+    if len(class_names) != num_classes:
+        raise VaegenError(
+            f"{where}: metadata has {len(class_names)} class_names for num_classes={num_classes}"
+        )
+    if (
+        not isinstance(image_shape, list)
+        or len(image_shape) != 3
+        or not all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in image_shape)
+    ):
+        raise VaegenError(f"{where}: metadata image_shape must be a JSON list [C, H, W]")
+
+    # The signature: initializers may be listed as graph inputs in old opsets; skip them.
+    init_names = {t.name for t in model.graph.initializer}
+    inputs = {i.name: i for i in model.graph.input if i.name not in init_names}
+    outputs = {o.name: o for o in model.graph.output}
+    z = inputs.get("z")
+    if z is None or z.type.tensor_type.elem_type != TensorProto.FLOAT:
+        raise VaegenError(f"{where}: decoder needs a float32 input 'z' [B, latent_dim]")
+    zdims = _dims(z)
+    if len(zdims) != 2 or (isinstance(zdims[1], int) and zdims[1] != latent_dim):
+        raise VaegenError(f"{where}: input 'z' must have shape [B, {latent_dim}], has {zdims}")
+    if isinstance(zdims[0], int) and zdims[0] != -1:
+        raise VaegenError(f"{where}: input 'z' needs a dynamic batch axis, has {zdims}")
+    expected_inputs = {"z", "y"} if num_classes > 0 else {"z"}
+    if set(inputs) != expected_inputs:
+        raise VaegenError(
+            f"{where}: decoder inputs are {sorted(inputs)}, expected {sorted(expected_inputs)} "
+            f"for num_classes={num_classes}"
+        )
+    if num_classes > 0:
+        y = inputs["y"]
+        if y.type.tensor_type.elem_type != TensorProto.INT64 or len(_dims(y)) != 1:
+            raise VaegenError(f"{where}: input 'y' must be int64 [B]")
+    image = outputs.get("image")
+    if image is None or image.type.tensor_type.elem_type != TensorProto.UINT8:
+        raise VaegenError(f"{where}: decoder needs a uint8 output 'image' [B, C, H, W]")
+    idims = _dims(image)
+    if len(idims) != 4 or any(
+        isinstance(got, int) and got != want
+        for got, want in zip(idims[1:], image_shape, strict=True)
+    ):
+        raise VaegenError(
+            f"{where}: output 'image' has shape {idims}, metadata image_shape is {image_shape}"
+        )
+    return DecoderInfo(
+        path=str(path.resolve()),
+        sha256=file_sha256(path),
+        latent_dim=latent_dim,
+        num_classes=num_classes,
+        class_names=tuple(class_names),
+        image_shape=(int(image_shape[0]), int(image_shape[1]), int(image_shape[2])),
+        likelihood=props["likelihood"],
+        vaegen_version=props["vaegen_version"],
+        source_sha256=props["source_sha256"],
+    )

@@ -1,0 +1,411 @@
+"""`run_generation`: plan a job, run it on a Ray Data actor pool, keep the manifest current.
+
+The pipeline is one row per pending shard -> `map_batches(ShardGenerator, batch_size=1)` on a
+fixed-size actor pool. Actors write their shard files themselves; only small JSON records flow
+back, and the driver streams them (`iter_rows`) into the manifest, the metrics and the progress
+bar. Peak memory therefore depends on the shard size, never on --num-samples.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import json
+import logging
+import math
+import os
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from vaegen import telemetry
+from vaegen.atomic import atomic_path
+from vaegen.errors import VaegenError
+from workers.manifest import (
+    add_shard,
+    check_resumable,
+    load_manifest,
+    new_manifest,
+    shard_is_intact,
+    write_manifest,
+)
+from workers.sampler import CPU, CUDA, PROVIDER_UNAVAILABLE, SamplerConfig, ShardGenerator
+from workers.spec import JobSpec, ShardPlan, plan_shards, shard_label_sequence
+from workers.writers import image_path, sweep_temp_files
+
+SHARD_DELAY_ENV = "VAEGEN_TEST_SHARD_DELAY"  # test hook: seconds each actor sleeps per shard
+MAX_CPU_ACTORS = 16  # past this, bigger machines get more ORT threads per actor instead
+PUSH_JOB = "vaegen_generate"
+
+
+@dataclass(frozen=True)
+class ActorLayout:
+    workers: int
+    threads: int  # onnxruntime intra-op threads per actor
+    num_cpus: float  # Ray CPU reservation per actor (fractional: leave CPU for Ray Data)
+    num_gpus: float
+    provider: str
+
+
+def _floor3(x: float) -> float:
+    return math.floor(x * 1000) / 1000  # round down: the pool must fit what it was sized to
+
+
+def plan_layout(
+    workers: int | None, gpus_per_worker: float, cpus: float, gpus: float
+) -> ActorLayout:
+    """Size the actor pool to the cluster's resources, or raise VaegenError if it cannot run."""
+    if workers is not None and workers < 1:
+        raise VaegenError(f"--workers must be >= 1, got {workers}")
+    if gpus_per_worker < 0:
+        raise VaegenError(f"--gpus-per-worker must be >= 0, got {gpus_per_worker}")
+    cpus = max(cpus, 1.0)
+    if gpus_per_worker > 0:
+        if gpus < gpus_per_worker:
+            raise VaegenError(
+                f"--gpus-per-worker {gpus_per_worker:g} needs a GPU, but the Ray cluster has "
+                f"{gpus:g}; run on a GPU node or drop --gpus-per-worker"
+            )
+        count = workers or max(1, int(gpus // gpus_per_worker))
+        if count * gpus_per_worker > gpus + 1e-9:
+            raise VaegenError(
+                f"{count} workers x {gpus_per_worker:g} GPUs need {count * gpus_per_worker:g} "
+                f"GPUs; the Ray cluster has {gpus:g}"
+            )
+        # A GPU actor needs little CPU; still leave one CPU free for Ray Data's own tasks.
+        num_cpus = min(1.0, max(0.1, (cpus - 1) / count)) if cpus > 1 else 0.5 / count
+        return ActorLayout(count, 1, _floor3(num_cpus), gpus_per_worker, CUDA)
+    if workers is None:
+        threads = max(1, math.ceil(cpus / MAX_CPU_ACTORS))
+        count = max(1, int(cpus // threads))
+    else:
+        count = workers
+        threads = max(1, int(cpus // count))
+    # An actor pool that reserves every CPU starves Ray Data's read/write tasks and the job
+    # hangs silently: reserve at most cpus - 1 (or half of one CPU on a 1-CPU node).
+    spare = cpus - 1 if cpus > 1 else 0.5
+    num_cpus = max(0.05, min(float(threads), spare / count))
+    return ActorLayout(count, threads, _floor3(num_cpus), 0.0, CPU)
+
+
+def check_output(out: Path, spec: JobSpec, *, resume: bool, overwrite: bool) -> dict | None:
+    """Decide what to do with `out` without writing; returns the manifest to resume, if any."""
+    if resume and overwrite:
+        raise VaegenError("give --resume or --overwrite, not both")
+    if out.exists() and not out.is_dir():
+        raise VaegenError(f"--out {out} exists and is not a directory")
+    existing = None
+    if out.is_dir() and any(out.iterdir()):
+        manifest = load_manifest(out)
+        if resume:
+            if manifest is None:
+                raise VaegenError(f"cannot resume {out}: it has no manifest.json")
+            check_resumable(manifest, spec, out)
+            existing = manifest
+        elif overwrite:
+            if manifest is None:
+                raise VaegenError(
+                    f"refusing to overwrite {out}: it is not a vaegen dataset (no manifest.json)"
+                )
+        else:
+            raise VaegenError(f"--out {out} is not empty; pass --resume or --overwrite")
+    # Prove we can write there, probing the nearest existing ancestor; leave nothing behind.
+    probe = out
+    while not probe.exists():
+        if probe.parent == probe:
+            break
+        probe = probe.parent
+    if not probe.is_dir():
+        raise VaegenError(f"cannot write --out {out}: {probe} is not a directory")
+    try:
+        with tempfile.NamedTemporaryFile(dir=probe, prefix=".vaegen-probe."):
+            pass
+    except OSError as exc:
+        raise VaegenError(f"cannot write --out {out}: {exc.strerror or exc}") from None
+    return existing
+
+
+def _read_model(spec: JobSpec) -> bytes:
+    import hashlib
+
+    try:
+        data = Path(spec.decoder.path).read_bytes()
+    except OSError as exc:
+        raise VaegenError(f"cannot read model {spec.decoder.path}: {exc.strerror}") from None
+    if hashlib.sha256(data).hexdigest() != spec.decoder.sha256:
+        raise VaegenError(f"model {spec.decoder.path} changed since it was validated")
+    return data
+
+
+class _NoProgress:
+    def advance(self, amount: float = 1.0, info: str = "") -> None:
+        pass
+
+
+@contextlib.contextmanager
+def _progress(show: bool, total: int) -> Iterator:
+    if not show:
+        yield _NoProgress()
+        return
+    from vaegen.progress import progress
+
+    with progress("generate", total=total) as bar:
+        yield bar
+
+
+def _quiet_ray_data() -> None:
+    from ray.data import DataContext
+
+    ctx = DataContext.get_current()
+    ctx.enable_progress_bars = False  # our own bar counts samples, not blocks
+    ctx.print_on_execution_start = False
+    # Ray Data warns, once per process, that its bars are off; that is our choice, not news.
+    logging.getLogger("ray.data").setLevel(logging.ERROR)
+
+
+def _observe(record: dict) -> None:
+    for label, n in record["class_counts"].items():
+        telemetry.GENERATED_SAMPLES.labels(label=label).inc(n)
+    for seconds in record.get("batch_seconds", ()):
+        telemetry.GENERATE_BATCH_SECONDS.observe(seconds)
+    telemetry.GENERATE_SHARDS.labels(status="written").inc()
+
+
+def _run_pool(
+    pending: list[ShardPlan], model_ref: object, cfg: SamplerConfig, layout: ActorLayout
+) -> Iterator[dict]:
+    """Yield each shard's record as its actor finishes it (in completion order)."""
+    import ray.data
+
+    _quiet_ray_data()
+    items = [{"plan": json.dumps(plan.to_json())} for plan in pending]
+    # One block per shard, so the pool balances shards across actors one at a time.
+    ds = ray.data.from_items(items, override_num_blocks=len(items))
+    ds = ds.map_batches(
+        ShardGenerator,
+        fn_constructor_kwargs={"model": model_ref, "cfg": cfg},
+        batch_size=1,
+        batch_format="numpy",
+        compute=ray.data.ActorPoolStrategy(
+            size=min(layout.workers, len(pending)), max_tasks_in_flight_per_actor=2
+        ),
+        num_cpus=layout.num_cpus,
+        num_gpus=layout.num_gpus or None,
+    )
+    for row in ds.iter_rows():
+        yield json.loads(row["record"])
+
+
+def _provider_error(exc: BaseException) -> VaegenError | None:
+    text = str(exc)
+    if PROVIDER_UNAVAILABLE not in text:
+        return None
+    for line in text.splitlines():
+        if PROVIDER_UNAVAILABLE in line:
+            reason = line.split(PROVIDER_UNAVAILABLE + ":", 1)[-1].strip()
+            return VaegenError(f"--gpus-per-worker: {reason}")
+    return VaegenError("--gpus-per-worker: the CUDA execution provider is not available")
+
+
+def write_labels_csv(out: Path, spec: JobSpec, plans: list[ShardPlan]) -> None:
+    """labels.csv for imagefolder: id,label,label_name,path, rebuilt from the plans' streams."""
+    with atomic_path(out / "labels.csv") as tmp, open(tmp, "w", newline="") as fh:
+        writer = csv.writer(fh, lineterminator="\n")
+        writer.writerow(["id", "label", "label_name", "path"])
+        names = spec.decoder.class_names
+        for plan in plans:
+            labels = shard_label_sequence(plan).tolist()
+            for offset, label in enumerate(labels):
+                sample_id = plan.first_id + offset
+                name = spec.label_name(label)
+                writer.writerow([sample_id, label, name, image_path(label, name, sample_id, names)])
+
+
+def _prepare_dir(out: Path, overwrite: bool) -> None:
+    if overwrite and out.is_dir():
+        shutil.rmtree(out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise VaegenError(f"cannot create --out {out}: {exc.strerror or exc}") from None
+    sweep_temp_files(out)
+
+
+def run_generation(
+    spec: JobSpec,
+    out: str | os.PathLike[str],
+    *,
+    workers: int | None = None,
+    gpus_per_worker: float = 0.0,
+    resume: bool = False,
+    overwrite: bool = False,
+    ray_address: str | None = None,
+    metrics_port: int | None = None,
+    metrics_host: str = "127.0.0.1",
+    pushgateway: str | None = None,
+    metrics_linger: float = 0.0,
+    show_progress: bool = True,
+    io_binding: bool = False,
+) -> dict:
+    """Generate the dataset `spec` describes into `out`; returns the final manifest.
+
+    Every check runs before `out` is created: a bad spec, output path, GPU request or metrics
+    port raises VaegenError and leaves nothing behind.
+    """
+    out = Path(out)
+    existing = check_output(out, spec, resume=resume, overwrite=overwrite)
+    if metrics_linger < 0:
+        raise VaegenError("--metrics-linger must be >= 0")
+    plan_layout(workers, gpus_per_worker, 1.0, gpus_per_worker * (workers or 1))  # options only
+    if gpus_per_worker > 0 and not (ray_address or os.environ.get("RAY_ADDRESS")):
+        # A local run decodes here, so check now; on a cluster each actor checks its node.
+        import onnxruntime as ort
+
+        if CUDA not in ort.get_available_providers():
+            raise VaegenError(
+                f"--gpus-per-worker needs onnxruntime's {CUDA}, which this onnxruntime lacks "
+                f"({ort.get_available_providers()}); install onnxruntime-gpu"
+            )
+    model = _read_model(spec)
+    server = (
+        telemetry.serve_metrics(metrics_port, metrics_host) if metrics_port is not None else None
+    )
+    try:
+        import ray
+
+        from vaegen.raycluster import init_ray
+
+        init_ray(ray_address)
+        resources = ray.cluster_resources()
+        layout = plan_layout(
+            workers, gpus_per_worker, resources.get("CPU", 1.0), resources.get("GPU", 0.0)
+        )
+        _prepare_dir(out, overwrite)
+        manifest = _generate(
+            spec, out, existing, model, layout, show_progress, io_binding, pushgateway, ray_address
+        )
+        if server is not None and metrics_linger > 0:
+            time.sleep(metrics_linger)  # lets a scraper read the final values
+        return manifest
+    finally:
+        if server is not None:
+            server.shutdown()
+            server.server_close()
+
+
+class _ManifestSaver:
+    """Rewrites the manifest after each shard, unless rewriting would cost > 5% of the time.
+
+    A small manifest takes a millisecond, so every shard is recorded at once. With tens of
+    thousands of shards each rewrite grows, and the writes are spaced out; a shard finished but
+    not yet recorded when the driver dies is regenerated by --resume, with the same bytes.
+    """
+
+    def __init__(self, out: Path, manifest: dict) -> None:
+        self.out, self.manifest = out, manifest
+        self.last, self.cost = 0.0, 0.0
+
+    def save(self, force: bool = False) -> None:
+        if not force and time.monotonic() - self.last < 20 * self.cost:
+            return
+        t0 = time.monotonic()
+        write_manifest(self.out, self.manifest)
+        self.last = time.monotonic()
+        self.cost = self.last - t0
+
+
+def _generate(
+    spec: JobSpec,
+    out: Path,
+    existing: dict | None,
+    model: bytes,
+    layout: ActorLayout,
+    show_progress: bool,
+    io_binding: bool,
+    pushgateway: str | None,
+    ray_address: str | None,
+) -> dict:
+    import ray
+
+    started = time.monotonic()
+    plans = plan_shards(spec)
+    manifest = new_manifest(spec)
+    if existing is not None:
+        by_index = {p.index: p for p in plans}
+        for record in existing.get("shards", []):
+            plan = by_index.get(record.get("index"))
+            if plan is not None and shard_is_intact(out, record, plan, spec):
+                add_shard(manifest, record)
+                telemetry.GENERATE_SHARDS.labels(status="skipped").inc()
+    done = {s["index"] for s in manifest["shards"]}
+    pending = [p for p in plans if p.index not in done]
+    manifest["execution"] = {
+        **asdict(layout),
+        "ray_address": ray_address or os.environ.get("RAY_ADDRESS") or "local",
+        "resumed_shards": len(done),
+    }
+    write_manifest(out, manifest)
+
+    cfg = SamplerConfig(
+        out_dir=str(out.resolve()),
+        fmt=spec.format,
+        encoding=spec.encoding,
+        batch_size=spec.batch_size,
+        latent_dim=spec.decoder.latent_dim,
+        image_shape=spec.decoder.image_shape,
+        class_names=spec.decoder.class_names,
+        conditional=spec.decoder.conditional,
+        gpu=layout.num_gpus > 0,
+        threads=layout.threads,
+        io_binding=io_binding,
+        shard_delay=float(os.environ.get(SHARD_DELAY_ENV, "0") or 0),
+    )
+    generated = 0
+    with _progress(show_progress, spec.num_samples) as bar:
+        if manifest["num_rows"]:
+            bar.advance(manifest["num_rows"], info="resumed")
+        if pending:
+            model_ref = ray.put(model)
+            t0 = time.monotonic()
+            saver = _ManifestSaver(out, manifest)
+            try:
+                for record in _run_pool(pending, model_ref, cfg, layout):
+                    add_shard(manifest, record)
+                    saver.save()
+                    _observe(record)
+                    generated += record["rows"]
+                    telemetry.GENERATE_SAMPLES_PER_SECOND.set(
+                        generated / max(time.monotonic() - t0, 1e-9)
+                    )
+                    bar.advance(record["rows"], info=f"{len(manifest['shards'])}/{len(plans)}")
+            except Exception as exc:
+                saver.save(force=True)  # keep every finished shard for --resume
+                telemetry.GENERATE_SHARDS.labels(status="failed").inc()
+                provider_error = _provider_error(exc)
+                if provider_error is not None:
+                    raise provider_error from None
+                raise
+
+    missing = len(plans) - len(manifest["shards"])
+    if missing:  # Ray Data returned without error but short: never call that complete
+        raise RuntimeError(f"{missing} shards were not written; rerun with --resume")
+    if spec.format == "imagefolder":
+        write_labels_csv(out, spec, plans)
+    elapsed = time.monotonic() - started
+    manifest["complete"] = True
+    manifest["execution"]["seconds"] = round(elapsed, 3)
+    manifest["execution"]["generated_samples"] = generated
+    write_manifest(out, manifest)
+    sweep_temp_files(out)
+
+    if pushgateway:
+        try:
+            telemetry.push_metrics(pushgateway, PUSH_JOB, {"dataset": out.name})
+        except OSError as exc:
+            # The dataset is done and intact; a dashboard hiccup must not fail the job.
+            print(f"warning: could not push metrics to {pushgateway}: {exc}", file=sys.stderr)
+    return manifest

@@ -1,0 +1,135 @@
+"""DATASET/manifest.json: read, write (atomically), check a resume against it, verify shards.
+
+Format (manifest_version 1)::
+
+    {
+      "kind": "vaegen-dataset", "manifest_version": 1, "vaegen_version": "0.1.0",
+      "complete": false,                 # true once every shard is written and verified
+      "spec": {"model_sha256", "num_samples", "class_counts": {"LABEL": n}, "seed",
+               "shard_size", "batch_size", "format", "encoding"},   # resume must match this
+      "model": {"path", "sha256", "latent_dim", "num_classes", "class_names", "image_shape",
+                "likelihood", "vaegen_version", "source_sha256"},
+      "image_shape": [C, H, W], "image_dtype": "uint8", "class_names": [...],
+      "num_shards": K,
+      "num_rows": rows in the finished shards,
+      "class_counts": {"LABEL": rows in the finished shards},   # == spec's once complete
+      "shards": [                        # finished shards only, by index
+        {"index", "file", "rows", "first_id", "sha256", "bytes", "seed",
+         "class_counts": {"LABEL": n}, "provider", "node": {"hostname", "node_id", "ip"},
+         "pid", "seconds"}
+      ],
+      "execution": {...}                 # how the last run ran (provider, workers, ...)
+    }
+
+Labels are keys as strings: class indices, or "-1" for a plain VAE. A shard's "seed" alone
+reproduces its stream: numpy.random.Generator(numpy.random.Philox(seed)).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from vaegen import __version__
+from vaegen.atomic import atomic_path
+from vaegen.errors import VaegenError
+from workers.spec import JobSpec, ShardPlan, shard_label_sequence
+from workers.writers import file_digest, imagefolder_digest
+
+MANIFEST = "manifest.json"
+MANIFEST_VERSION = 1
+KIND = "vaegen-dataset"
+# Kept in the manifest but not copied from the record: per-batch timings are for metrics.
+_RECORD_KEYS = (
+    "index", "file", "rows", "first_id", "sha256", "bytes", "seed", "class_counts",
+    "provider", "node", "pid", "seconds",
+)  # fmt: skip
+
+
+def new_manifest(spec: JobSpec) -> dict:
+    return {
+        "kind": KIND,
+        "manifest_version": MANIFEST_VERSION,
+        "vaegen_version": __version__,
+        "complete": False,
+        "spec": spec.to_json(),
+        "model": {"path": spec.decoder.path, **spec.decoder.to_json()},
+        "image_shape": list(spec.decoder.image_shape),
+        "image_dtype": "uint8",
+        "class_names": list(spec.decoder.class_names),
+        "num_shards": spec.num_shards,
+        "num_rows": 0,
+        "class_counts": {},
+        "shards": [],
+        "execution": {},
+    }
+
+
+def load_manifest(out: Path) -> dict | None:
+    path = out / MANIFEST
+    if not path.is_file():
+        return None
+    try:
+        manifest = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise VaegenError(f"{path}: unreadable manifest ({exc})") from None
+    if not isinstance(manifest, dict) or manifest.get("kind") != KIND:
+        raise VaegenError(f"{path}: not a vaegen dataset manifest")
+    return manifest
+
+
+def check_resumable(manifest: dict, spec: JobSpec, out: Path) -> None:
+    """A resume must repeat the same job: same model bytes and every spec field equal."""
+    old = manifest.get("spec", {})
+    new = spec.to_json()
+    if old.get("model_sha256") != new["model_sha256"]:
+        raise VaegenError(
+            f"{out} was generated from another model (sha256 {old.get('model_sha256')!s:.12}...,"
+            f" this one {new['model_sha256']:.12}...); use --overwrite or another --out"
+        )
+    diffs = [k for k in new if old.get(k) != new[k]]
+    if diffs:
+        detail = ", ".join(f"{k}: {old.get(k)!r} -> {new[k]!r}" for k in diffs)
+        raise VaegenError(f"cannot resume {out} with a different spec ({detail})")
+
+
+def shard_is_intact(out: Path, record: dict, plan: ShardPlan, spec: JobSpec) -> bool:
+    """Recompute a finished shard's sha256 from disk and compare with its record."""
+    try:
+        if spec.format == "imagefolder":
+            labels = shard_label_sequence(plan)
+            ids = np.arange(plan.first_id, plan.first_id + plan.rows, dtype=np.int64)
+            digest = imagefolder_digest(out, ids, labels, spec.decoder.class_names)
+        else:
+            path = out / str(record.get("file"))
+            digest = file_digest(path) if path.is_file() else None
+    except OSError:
+        return False
+    return digest is not None and digest == record.get("sha256") and record.get("rows") == plan.rows
+
+
+def add_shard(manifest: dict, record: dict) -> None:
+    """Insert (or replace) a finished shard and refresh the totals."""
+    entry = {k: record[k] for k in _RECORD_KEYS if k in record}
+    shards = [s for s in manifest["shards"] if s["index"] != entry["index"]]
+    shards.append(entry)
+    shards.sort(key=lambda s: s["index"])
+    manifest["shards"] = shards
+    _refresh_totals(manifest)
+
+
+def _refresh_totals(manifest: dict) -> None:
+    counts: dict[str, int] = {}
+    for shard in manifest["shards"]:
+        for label, n in shard["class_counts"].items():
+            counts[label] = counts.get(label, 0) + n
+    manifest["class_counts"] = {k: counts[k] for k in sorted(counts, key=int)}
+    manifest["num_rows"] = sum(s["rows"] for s in manifest["shards"])
+
+
+def write_manifest(out: Path, manifest: dict) -> None:
+    with atomic_path(out / MANIFEST) as tmp:
+        tmp.write_text(json.dumps(manifest, indent=1) + "\n")
+        tmp.chmod(0o644)  # mkstemp makes 0600; a dataset is meant to be read by others

@@ -1,0 +1,259 @@
+"""Shard writers: parquet, npz and imagefolder, each byte-stable and written temp-then-rename.
+
+Parquet layout (`part-NNNNN.parquet`):
+  id int64, label int64, label_name string,
+  image fixed_size_binary(C*H*W) holding the uint8 tensor in C, H, W order (--encoding raw),
+        or binary holding one PNG per row (--encoding png).
+  The schema metadata key b"vaegen" holds JSON {"image_shape": [C, H, W], "encoding": ...,
+  "dtype": "uint8", "class_names": [...]}.
+npz (`part-NNNNN.npz`): arrays id int64 [n], label int64 [n], images uint8 [n, C, H, W].
+imagefolder: CLASS/ID.png (CLASS from `class_dir`), and labels.csv written once at the end.
+
+Byte stability: parquet carries no timestamps (only pyarrow's created_by string), npz members get
+a fixed zip date, and PNGs carry no text chunks; so one spec gives identical files on one
+provider and one library version.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import re
+import zipfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+TMP_SUFFIX = ".tmp"
+PARQUET_ROW_GROUP = 16384
+_ZIP_DATE = (1980, 1, 1, 0, 0, 0)  # the zip epoch: no wall-clock time in the bytes
+
+
+@dataclass(frozen=True)
+class WrittenShard:
+    file: str | None  # relative to the dataset root; None for imagefolder (one file per row)
+    sha256: str
+    bytes: int
+
+
+def shard_filename(fmt: str, index: int) -> str | None:
+    if fmt == "parquet":
+        return f"part-{index:05d}.parquet"
+    if fmt == "npz":
+        return f"part-{index:05d}.npz"
+    return None
+
+
+def class_dir(label: int, name: str, class_names: Sequence[str] = ()) -> str:
+    """A safe folder name for a class: its name, unless that is unusable or not unique."""
+    if label < 0:
+        return "unlabeled"
+    safe = re.sub(r"[\\/\x00]", "_", name).strip()
+    sanitized = [re.sub(r"[\\/\x00]", "_", n).strip() for n in class_names]
+    if safe in ("", ".", "..") or sanitized.count(safe) > 1 or safe.startswith("."):
+        return f"class_{label}"
+    return safe
+
+
+def image_path(label: int, name: str, sample_id: int, class_names: Sequence[str]) -> str:
+    return f"{class_dir(label, name, class_names)}/{sample_id}.png"
+
+
+def _write_atomic(final: Path, data: bytes | memoryview) -> None:
+    # A fixed temp name per target is safe: one shard has one writer at a time, and a retried
+    # task rewrites the same bytes. The leading dot and .tmp let the driver sweep leftovers.
+    tmp = final.with_name(f".{final.name}{TMP_SUFFIX}")
+    with open(tmp, "wb") as fh:
+        fh.write(data)
+    os.replace(tmp, final)
+
+
+def encode_png(image: np.ndarray) -> bytes:
+    """One CHW uint8 image -> PNG bytes (deterministic: no text chunks or timestamps)."""
+    from PIL import Image
+
+    # Pillow picks L, RGB or RGBA from the array's shape.
+    arr = image[0] if image.shape[0] == 1 else np.ascontiguousarray(image.transpose(1, 2, 0))
+    pil = Image.fromarray(arr)
+    buf = io.BytesIO()
+    pil.save(buf, format="PNG", compress_level=6)
+    return buf.getvalue()
+
+
+def decode_png(data: bytes) -> np.ndarray:
+    """PNG bytes -> CHW uint8."""
+    from PIL import Image
+
+    arr = np.asarray(Image.open(io.BytesIO(data)))
+    return arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
+
+
+def _parquet_bytes(
+    ids: np.ndarray,
+    labels: np.ndarray,
+    label_names: list[str],
+    images: np.ndarray,
+    encoding: str,
+    class_names: Sequence[str],
+) -> memoryview:
+    import json
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    n = len(ids)
+    if encoding == "raw":
+        flat = np.ascontiguousarray(images).reshape(n, -1)
+        image_col = pa.FixedSizeBinaryArray.from_buffers(
+            pa.binary(flat.shape[1]), n, [None, pa.py_buffer(flat)]
+        )
+    else:
+        image_col = pa.array([encode_png(img) for img in images], type=pa.binary())
+    meta = {
+        "image_shape": list(images.shape[1:]),
+        "encoding": encoding,
+        "dtype": "uint8",
+        "class_names": list(class_names),
+    }
+    table = pa.table(
+        {
+            "id": pa.array(ids, type=pa.int64()),
+            "label": pa.array(labels, type=pa.int64()),
+            "label_name": pa.array(label_names, type=pa.string()),
+            "image": image_col,
+        }
+    ).replace_schema_metadata({"vaegen": json.dumps(meta)})
+    sink = pa.BufferOutputStream()
+    # Images barely compress with dictionaries or gain from min/max statistics: skip both.
+    pq.write_table(
+        table,
+        sink,
+        row_group_size=PARQUET_ROW_GROUP,
+        compression="snappy",
+        use_dictionary=["label_name"],
+        write_statistics=["id", "label"],
+    )
+    return memoryview(sink.getvalue())  # hashed and written without another copy
+
+
+def _npz_bytes(ids: np.ndarray, labels: np.ndarray, images: np.ndarray) -> memoryview:
+    # np.savez stamps the wall-clock time into each zip member; write the zip by hand instead.
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
+        for name, arr in (("id", ids), ("label", labels), ("images", images)):
+            info = zipfile.ZipInfo(f"{name}.npy", date_time=_ZIP_DATE)
+            info.external_attr = 0o644 << 16
+            with zf.open(info, "w", force_zip64=True) as member:
+                np.lib.format.write_array(member, np.ascontiguousarray(arr), allow_pickle=False)
+    return buf.getbuffer()
+
+
+def write_shard(
+    out_dir: str | os.PathLike[str],
+    *,
+    fmt: str,
+    encoding: str,
+    index: int,
+    ids: np.ndarray,
+    labels: np.ndarray,
+    images: np.ndarray,
+    class_names: Sequence[str],
+) -> WrittenShard:
+    """Write one shard under `out_dir` and return its file name and sha256."""
+    out = Path(out_dir)
+    names_by_label = {int(lab): ("" if lab < 0 else class_names[lab]) for lab in np.unique(labels)}
+    if fmt == "imagefolder":
+        return _write_imagefolder(out, ids, labels, images, names_by_label, class_names)
+    name = shard_filename(fmt, index)
+    if fmt == "parquet":
+        label_names = [names_by_label[int(lab)] for lab in labels]
+        data = _parquet_bytes(ids, labels, label_names, images, encoding, class_names)
+    elif fmt == "npz":
+        data = _npz_bytes(ids, labels, images)
+    else:
+        raise ValueError(f"unknown format {fmt!r}")
+    view = memoryview(data)
+    _write_atomic(out / name, view)
+    return WrittenShard(file=name, sha256=hashlib.sha256(view).hexdigest(), bytes=view.nbytes)
+
+
+def _write_imagefolder(
+    out: Path,
+    ids: np.ndarray,
+    labels: np.ndarray,
+    images: np.ndarray,
+    names_by_label: dict[int, str],
+    class_names: Sequence[str],
+) -> WrittenShard:
+    digest = hashlib.sha256()
+    total = 0
+    for lab in names_by_label:
+        (out / class_dir(lab, names_by_label[lab], class_names)).mkdir(exist_ok=True)
+    for sample_id, lab, img in zip(ids.tolist(), labels.tolist(), images, strict=True):
+        rel = image_path(lab, names_by_label[lab], sample_id, class_names)
+        data = encode_png(img)
+        _write_atomic(out / rel, data)
+        digest.update(f"{rel}\t{hashlib.sha256(data).hexdigest()}\n".encode())
+        total += len(data)
+    return WrittenShard(file=None, sha256=digest.hexdigest(), bytes=total)
+
+
+def file_digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(1 << 20):
+            h.update(block)
+    return h.hexdigest()
+
+
+def imagefolder_digest(
+    out: Path, ids: np.ndarray, labels: np.ndarray, class_names: Sequence[str]
+) -> str | None:
+    """The shard hash of existing imagefolder files, or None if one is missing."""
+    digest = hashlib.sha256()
+    for sample_id, lab in zip(ids.tolist(), labels.tolist(), strict=True):
+        rel = image_path(lab, "" if lab < 0 else class_names[lab], sample_id, class_names)
+        path = out / rel
+        if not path.is_file():
+            return None
+        digest.update(f"{rel}\t{file_digest(path)}\n".encode())
+    return digest.hexdigest()
+
+
+def sweep_temp_files(out: Path) -> int:
+    """Remove temp files a killed writer left behind (ours all start with '.' and end .tmp)."""
+    removed = 0
+    for path in out.rglob(f".*{TMP_SUFFIX}"):
+        if path.is_file():
+            path.unlink(missing_ok=True)
+            removed += 1
+    return removed
+
+
+def read_parquet_images(path: str | os.PathLike[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(ids, labels, images uint8 [n, C, H, W]) from one parquet shard, raw or PNG."""
+    import json
+
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(path)
+    meta = json.loads(table.schema.metadata[b"vaegen"])
+    shape = tuple(meta["image_shape"])
+    ids = table.column("id").to_numpy()
+    labels = table.column("label").to_numpy()
+    col = table.column("image").combine_chunks()
+    if meta["encoding"] == "raw":
+        width = int(np.prod(shape))
+        buf = np.frombuffer(col.buffers()[1], dtype=np.uint8)
+        start = col.offset * width
+        images = buf[start : start + len(col) * width].reshape(len(col), *shape)
+    else:
+        images = (
+            np.stack([decode_png(b) for b in col.to_pylist()])
+            if len(col)
+            else np.zeros((0, *shape), np.uint8)
+        )
+    return ids, labels, images
