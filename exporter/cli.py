@@ -1,17 +1,42 @@
-"""`vaegen exporter` (placeholder until its issue lands)."""
+"""`vaegen export RUN [--out PATH] [--fp16] [--optimize]`: a thin layer over export_decoder."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import typer
 
 from vaegen.cliutil import handle_errors, single_command_app
-from vaegen.errors import VaegenError
 
-app = single_command_app("Not yet available.")
+app = single_command_app("Export a trained decoder to a verified ONNX model.")
 
 
-@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+@app.command()
 @handle_errors
-def main(ctx: typer.Context) -> None:
-    """Not yet available."""
-    raise VaegenError("this command is not yet available")
+def export(
+    run: Path = typer.Argument(..., help="The training run directory (RUN or RUN/model)."),
+    out: Path | None = typer.Option(
+        None, "--out", help="Output .onnx file (default: RUN/export/decoder.onnx)."
+    ),
+    fp16: bool = typer.Option(
+        False, "--fp16", help="Compute in float16 inside the graph (GPU workers); I/O dtypes stay."
+    ),
+    optimize: bool = typer.Option(
+        False, "--optimize", help="Also save an onnxruntime CPU-optimized copy, *.opt.onnx."
+    ),
+) -> None:
+    """Export RUN's decoder to ONNX, (z, y) -> (uint8 image, float mean), checked against torch."""
+    from exporter.export import export_decoder
+
+    result = export_decoder(run, out=out, fp16=fp16, optimize=optimize)
+    meta = result.metadata
+    print(
+        f"exported {result.path} ({result.precision}, opset {result.opset}, "
+        f"{result.size_bytes / 1024:.1f} KiB, {result.seconds:.1f}s): "
+        f"{meta['model']} {meta['arch']} latent {meta['latent_dim']}, "
+        f"{meta['num_classes']} classes, image {meta['image_shape']}, {meta['likelihood']}"
+    )
+    for report in result.parity:
+        print(report.summary())
+    if result.optimized_path is not None:
+        print(f"optimized copy (onnxruntime CPU) {result.optimized_path}")

@@ -126,7 +126,7 @@ class VAE(nn.Module):
             init = torch.log(torch.tensor(cfg.gaussian_std))
             learned = cfg.gaussian_variance == "learned"
             self.log_sigma = nn.Parameter(init, requires_grad=learned)
-        # One-hot as a lookup table: exports to ONNX as a plain Gather, and is not a weight.
+        # One-hot as a lookup table (the exporter turns it into a plain Gather); not a weight.
         num = cfg.num_classes if cfg.conditional else 0
         self.register_buffer("eye", torch.eye(max(num, 1)), persistent=False)
 

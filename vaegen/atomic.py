@@ -21,6 +21,10 @@ def atomic_path(final: str | os.PathLike[str]) -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        # mkstemp creates 0600; published artifacts get the usual 0666 minus the umask.
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp_path, 0o666 & ~umask)
         os.replace(tmp_path, final)
     finally:
         if tmp_path.exists():

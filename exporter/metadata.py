@@ -1,0 +1,107 @@
+"""decoder.onnx metadata props: written by the exporter, read by anyone holding the file.
+
+Values are strings (ONNX metadata is str -> str): integers in decimal, lists as JSON.
+`read_metadata` needs only the onnx package (no torch), so workers and eval can use it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from vaegen.errors import VaegenError
+
+REQUIRED_KEYS = (
+    "vaegen_version",
+    "latent_dim",
+    "num_classes",
+    "class_names",
+    "image_shape",
+    "likelihood",
+    "source_sha256",
+)
+# Extra keys beyond DESIGN.md's set: informative only, readers must not require them.
+EXTRA_KEYS = ("model", "arch", "precision", "dataset")
+
+
+def build_metadata(
+    cfg: Any,
+    class_names: list[str],
+    source_sha256: str,
+    vaegen_version: str,
+    precision: str,
+    dataset: str = "",
+) -> dict[str, str]:
+    """The props for a model config. A plain VAE gets num_classes 0 and no class names."""
+    num_classes = cfg.num_classes if cfg.conditional else 0
+    names = list(class_names) if cfg.conditional else []
+    if cfg.conditional and not names:
+        names = [str(i) for i in range(num_classes)]
+    if len(names) != num_classes:
+        raise VaegenError(
+            f"config.json lists {len(names)} class names for a model of {num_classes} classes"
+        )
+    return {
+        "vaegen_version": vaegen_version,
+        "latent_dim": str(int(cfg.latent_dim)),
+        "num_classes": str(int(num_classes)),
+        "class_names": json.dumps([str(n) for n in names]),
+        "image_shape": json.dumps([int(d) for d in cfg.image_shape]),
+        "likelihood": str(cfg.likelihood),
+        "source_sha256": source_sha256,
+        "model": str(cfg.model),
+        "arch": str(cfg.arch),
+        "precision": precision,
+        "dataset": dataset,
+    }
+
+
+def attach_metadata(proto: Any, props: dict[str, str]) -> None:
+    """Replace the model's metadata props with `props` (in a stable order)."""
+    del proto.metadata_props[:]
+    for key, value in props.items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, value
+
+
+def parse_metadata(props: dict[str, str], where: str = "decoder") -> dict[str, Any]:
+    """Typed values of raw props: ints as int, class_names/image_shape as lists."""
+    missing = [k for k in REQUIRED_KEYS if k not in props]
+    if missing:
+        raise VaegenError(f"{where}: not a vaegen decoder (metadata lacks {', '.join(missing)})")
+    out: dict[str, Any] = dict(props)
+    try:
+        out["latent_dim"] = int(props["latent_dim"])
+        out["num_classes"] = int(props["num_classes"])
+        out["class_names"] = json.loads(props["class_names"])
+        out["image_shape"] = json.loads(props["image_shape"])
+    except (ValueError, TypeError):
+        raise VaegenError(f"{where}: malformed vaegen metadata") from None
+    names, shape = out["class_names"], out["image_shape"]
+    if not isinstance(names, list) or len(names) != out["num_classes"]:
+        raise VaegenError(f"{where}: class_names does not match num_classes")
+    if not (isinstance(shape, list) and len(shape) == 3 and all(isinstance(d, int) for d in shape)):
+        raise VaegenError(f"{where}: image_shape is not a [C, H, W] list")
+    return out
+
+
+def read_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The typed metadata of a vaegen decoder.onnx (or decoder.opt.onnx), or VaegenError.
+
+    Keys: vaegen_version (str), latent_dim (int), num_classes (int, 0 for a plain VAE),
+    class_names (list[str]), image_shape ([C, H, W]), likelihood (str), source_sha256 (str),
+    plus the informative model, arch, precision and dataset (str) when present.
+    """
+    from exporter._deps import require
+
+    onnx = require("onnx")
+    path = Path(path)
+    if not path.is_file():
+        raise VaegenError(f"{path}: no such file")
+    try:
+        proto = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:  # noqa: BLE001 - protobuf raises several unrelated types
+        raise VaegenError(f"{path}: not an ONNX model ({type(exc).__name__})") from None
+    return parse_metadata({p.key: p.value for p in proto.metadata_props}, where=str(path))
