@@ -20,18 +20,9 @@ from trainer.config import LossConfig, ModelConfig, TrainConfig
 from trainer.run import train
 from vaegen.errors import VaegenError
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("local_ray")]
 REPO = Path(__file__).resolve().parents[2]
 VAEGEN = str(Path(sys.executable).with_name("vaegen"))
-
-
-@pytest.fixture(scope="module", autouse=True)
-def local_ray():
-    import ray
-
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
-    yield
-    ray.shutdown()
 
 
 def _log(run: Path) -> list[dict]:
