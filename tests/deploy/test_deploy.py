@@ -936,14 +936,15 @@ def test_dockerfile_copies_every_package_and_the_context_allows_it() -> None:
 
 
 # --------------------------------------------------------------------------------------------
-# docs/cluster.md walks through these files: the paths it names must exist.
+# README's "Run on a cluster" walks through these files: the paths it names must exist.
 
 
 def test_cluster_doc_names_existing_files() -> None:
-    doc = ROOT / "docs" / "cluster.md"
-    if not doc.exists():
-        pytest.fail("docs/cluster.md is missing")
-    named = set(re.findall(r"(?<![\w/])deploy/[\w./-]*\w", doc.read_text()))
-    assert named, "docs/cluster.md names no deploy/ file"
+    readme = (ROOT / "README.md").read_text()
+    if "## Run on a cluster" not in readme:
+        pytest.fail("README.md has no 'Run on a cluster' section")
+    section = readme.split("## Run on a cluster", 1)[1].split("\n## ", 1)[0]
+    named = set(re.findall(r"(?<![\w/])deploy/[\w./-]*\w", section))
+    assert named, "README's cluster section names no deploy/ file"
     missing = sorted(p for p in named if not (ROOT / p).exists())
     assert missing == []
