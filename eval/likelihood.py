@@ -19,29 +19,6 @@ from trainer.likelihood import diag_normal_log_prob, standard_normal_log_prob
 from vaegen.errors import VaegenError
 from vaegen.progress import progress
 
-BINARIZE_SEED = 0
-
-
-def binarize_fixed(images: np.ndarray, seed: int = BINARIZE_SEED) -> np.ndarray:
-    """The fixed binarization of shared/data/README.md: one draw per pixel under `seed`.
-
-    `images` is uint8 [N, ...]; returns float32 of the same shape with values in {0, 1}.
-    """
-    if images.dtype != np.uint8:
-        raise VaegenError(f"binarization expects uint8 images, got {images.dtype}")
-    n = images.shape[0]
-    flat = images.reshape(n, -1)
-    rng = np.random.default_rng(seed)
-    x_bin = rng.random(flat.shape) < flat / 255.0
-    return x_bin.astype(np.float32).reshape(images.shape)
-
-
-def eval_targets(images: np.ndarray, binarize: bool) -> np.ndarray:
-    """What the likelihood is scored on: the fixed binarization, or x / 255 (float32)."""
-    if binarize:
-        return binarize_fixed(images)
-    return images.astype(np.float32) / 255.0
-
 
 @dataclass(frozen=True)
 class LikelihoodResult:

@@ -26,6 +26,7 @@ from eval.judge import Judge, JudgeSpec, get_judge
 from eval.metrics_keys import empty_metrics
 from eval.report import write_html, write_metrics
 from eval.samples import SampleSet, read_samples, sample_from_decoder
+from trainer.inputs import evaluation_inputs
 from vaegen import __version__
 from vaegen.atomic import ensure_writable_dir
 from vaegen.errors import VaegenError
@@ -190,7 +191,7 @@ def _evaluate(
         test = load_dataset(spec, "test", data_dir=data_dir, image_size=image_size)
         class_names = _check_dataset(test, cfg, spec)
         binarize = bool(info.train.get("binarize")) and cfg.likelihood == "bernoulli"
-        targets = lik.eval_targets(test.images, binarize)
+        targets = evaluation_inputs(test.images, binarize)
 
     metrics["vaegen_version"] = __version__
     metrics["run"].update(

@@ -11,17 +11,10 @@ import os
 from pathlib import Path
 from typing import Any
 
+from vaegen.contracts import DECODER_METADATA_KEYS
 from vaegen.errors import VaegenError
 
-REQUIRED_KEYS = (
-    "vaegen_version",
-    "latent_dim",
-    "num_classes",
-    "class_names",
-    "image_shape",
-    "likelihood",
-    "source_sha256",
-)
+REQUIRED_KEYS = DECODER_METADATA_KEYS
 # Extra keys beyond DESIGN.md's set: informative only, readers must not require them.
 EXTRA_KEYS = ("model", "arch", "precision", "dataset")
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -146,28 +145,6 @@ def dataset_fingerprint(
                 digest = hashlib.sha256(_read_bytes(path)).hexdigest()
                 h.update(f"{cls}\0{rel}\0{digest}\n".encode())
     return h.hexdigest()
-
-
-def binarize(images_float: Any, rng: Any) -> Any:
-    """Draw pixels from Bernoulli(p = intensity in [0, 1]); returns the input's type and dtype.
-
-    numpy input takes a `np.random.Generator`; with `default_rng(0)` and the t10k images / 255.0
-    it reproduces the README's binarized MNIST test set. torch input takes a `torch.Generator`
-    (or a numpy Generator, to match the numpy draws exactly).
-    """
-    torch = sys.modules.get("torch")  # no torch import just to check the type
-    if torch is not None and isinstance(images_float, torch.Tensor):
-        x = images_float
-        if isinstance(rng, np.random.Generator):
-            u = torch.from_numpy(rng.random(tuple(x.shape))).to(x.device)
-        else:
-            u = torch.rand(x.shape, generator=rng, device=x.device, dtype=torch.float64)
-        return (u < x).to(x.dtype)
-    if not isinstance(rng, np.random.Generator):
-        raise VaegenError("binarize needs a numpy Generator (np.random.default_rng) for arrays")
-    x = np.asarray(images_float)
-    dtype = x.dtype if np.issubdtype(x.dtype, np.floating) else np.float32
-    return (rng.random(x.shape) < x).astype(dtype)
 
 
 # ---- parsing and validation -------------------------------------------------------------------

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from vaegen.errors import VaegenError
+
 FIXED_BINARIZATION_SEED = 0
 
 
@@ -18,6 +20,8 @@ def binarize_fixed(images: np.ndarray, seed: int = FIXED_BINARIZATION_SEED) -> n
     Same recipe as ../shared/data/README.md: `rng.random((N, D)) < x / 255`, drawn over the
     flattened images so the result matches that reference bit for bit.
     """
+    if images.dtype != np.uint8:
+        raise VaegenError(f"binarization expects uint8 images, got {images.dtype}")
     n = images.shape[0]
     flat = images.reshape(n, -1)
     rng = np.random.default_rng(seed)

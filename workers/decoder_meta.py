@@ -12,17 +12,10 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from vaegen.contracts import DECODER_METADATA_KEYS
 from vaegen.errors import VaegenError
 
-REQUIRED_PROPS = (
-    "vaegen_version",
-    "latent_dim",
-    "num_classes",
-    "class_names",
-    "image_shape",
-    "likelihood",
-    "source_sha256",
-)
+REQUIRED_PROPS = DECODER_METADATA_KEYS
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from eval import likelihood as lik
+from trainer.inputs import binarize_fixed, evaluation_inputs
 from trainer.likelihood import diag_normal_log_prob, standard_normal_log_prob
 
 MNIST_DIR = Path(__file__).resolve().parents[3] / "shared" / "data" / "mnist"
@@ -21,7 +22,7 @@ CPU = torch.device("cpu")
 @pytest.fixture(scope="module")
 def scored(cvae_model: Any, digits: tuple[Any, Any]) -> dict[str, Any]:
     _, test = digits
-    targets = lik.eval_targets(test.images, binarize=False)
+    targets = evaluation_inputs(test.images, binarize=False)
     runs = [
         lik.evaluate_likelihood(cvae_model, targets, test.labels, device=CPU, seed=s)
         for s in range(8)
@@ -118,12 +119,12 @@ def test_summary_units(scored: dict[str, Any]) -> None:
 
 def test_fixed_binarization_is_seeded_and_binary() -> None:
     images = np.random.default_rng(5).integers(0, 256, (20, 1, 4, 4), dtype=np.uint8)
-    a = lik.binarize_fixed(images)
+    a = binarize_fixed(images)
     assert a.dtype == np.float32 and set(np.unique(a)) <= {0.0, 1.0}
-    np.testing.assert_array_equal(a, lik.binarize_fixed(images))
+    np.testing.assert_array_equal(a, binarize_fixed(images))
     # P(pixel = 1) follows intensity: all-white stays 1, all-black stays 0.
     extremes = np.stack([np.zeros((1, 4, 4), np.uint8), np.full((1, 4, 4), 255, np.uint8)])
-    np.testing.assert_array_equal(lik.binarize_fixed(extremes)[:, 0, 0, 0], [0.0, 1.0])
+    np.testing.assert_array_equal(binarize_fixed(extremes)[:, 0, 0, 0], [0.0, 1.0])
 
 
 @pytest.mark.skipif(not MNIST_DIR.is_dir(), reason="shared/data/mnist not present")
@@ -131,6 +132,6 @@ def test_binarized_mnist_test_split_md5() -> None:
     from trainer.datasets import load_dataset
 
     test = load_dataset("mnist", "test", data_dir=MNIST_DIR)
-    x_bin = lik.eval_targets(test.images, binarize=True).reshape(len(test), -1)
+    x_bin = evaluation_inputs(test.images, binarize=True).reshape(len(test), -1)
     digest = hashlib.md5(x_bin.astype(np.float32).tobytes(), usedforsecurity=False).hexdigest()
     assert digest == "ac54ac6ca87fd738ecb66a4f3edfd607"

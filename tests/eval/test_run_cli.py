@@ -182,7 +182,8 @@ def test_binarized_run_scores_binary_targets(
 ) -> None:
     import torch
 
-    from eval.likelihood import binarize_fixed, evaluate_likelihood
+    from eval.likelihood import evaluate_likelihood
+    from trainer.inputs import binarize_fixed
 
     train, test = digits
     run = make_run(tmp_path / "run", cvae_model, train, {"binarize": True})
