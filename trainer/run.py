@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
 import threading
 import time
@@ -116,6 +117,9 @@ def train(
 
     from vaegen.raycluster import init_ray
 
+    # Ray Train's controller polls workers every 2 s by default, and each epoch's report waits
+    # for a poll: on small datasets that idles longer than the epoch computes. Poll faster.
+    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
     init_ray(ray_address)
     scaling, threads = _scaling(train_cfg.workers, train_cfg.gpu)
     data = pack_data(
