@@ -94,9 +94,12 @@ def k8s_versions() -> list[str]:
     return sorted(versions | {latest})
 
 
-def validate_k8s(obj: dict) -> None:
-    for version in k8s_versions():
+def validate_k8s(obj: dict) -> list[str]:
+    """Validate against every supported Kubernetes version (raises on an invalid object)."""
+    versions = list(k8s_versions())
+    for version in versions:
         kubernetes_validate.validate(obj, version, strict=True)
+    return versions
 
 
 def is_kuberay(obj: dict) -> bool:
@@ -112,7 +115,7 @@ CORE_OBJECTS = [(p, d) for p, d in k8s_objects() if not is_kuberay(d)]
     ids=[f"{p.name}:{d['kind']}/{d['metadata']['name']}" for p, d in CORE_OBJECTS],
 )
 def test_core_kinds_validate(obj: dict) -> None:
-    validate_k8s(obj)
+    assert validate_k8s(obj), "no Kubernetes version to validate against"
 
 
 def test_core_kinds_present() -> None:
@@ -469,7 +472,8 @@ def test_configmap_configs_load_with_the_pipeline_loader(name: str, tmp_path: Pa
 
     path = tmp_path / name
     path.write_text(configmap_tomls()[name])
-    load_config(path)  # raises VaegenError on unknown keys
+    cfg = load_config(path)  # raises VaegenError on unknown keys
+    assert cfg.train and cfg.generate
 
 
 def test_pipeline_loader_rejects_unknown_keys(tmp_path: Path) -> None:
