@@ -6,7 +6,13 @@ from pathlib import Path
 
 import typer
 
-from vaegen.cliutil import RAY_ADDRESS_OPTION, handle_errors, single_command_app
+from vaegen.cliutil import (
+    METRICS_HOST_OPTION,
+    METRICS_PORT_OPTION,
+    RAY_ADDRESS_OPTION,
+    handle_errors,
+    single_command_app,
+)
 
 app = single_command_app("Train a VAE or CVAE on Ray Train.")
 
@@ -39,15 +45,21 @@ def train(
     out: Path = typer.Option(..., help="Run directory (RUN)."),
     resume: bool = typer.Option(False, help="Continue from RUN's latest checkpoint."),
     ray_address: str | None = RAY_ADDRESS_OPTION,
+    metrics_port: int | None = METRICS_PORT_OPTION,
+    metrics_host: str = METRICS_HOST_OPTION,
 ) -> None:
     """Train a VAE or CVAE on Ray Train; writes RUN/model, RUN/checkpoints, RUN/train_log.jsonl."""
     options = dict(locals())
-    for key in ("out", "resume", "ray_address"):
+    for key in ("out", "resume", "ray_address", "metrics_port", "metrics_host"):
         options.pop(key)
     from trainer.options import build_configs
     from trainer.run import train as run_train
 
     model_cfg, train_cfg = build_configs(**options)
+    if metrics_port is not None:
+        from vaegen.telemetry import serve_metrics
+
+        serve_metrics(metrics_port, metrics_host)  # vaegen_train_epoch_seconds, _train_loss
     result = run_train(model_cfg, train_cfg, out, resume=resume, ray_address=ray_address)
     m = result.metrics
     print(

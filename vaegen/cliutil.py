@@ -63,3 +63,7 @@ RAY_ADDRESS_OPTION = typer.Option(
     envvar="RAY_ADDRESS",
     help="Ray cluster to join (ray://host:10001 or host:6379); default: start a local Ray.",
 )
+METRICS_PORT_OPTION = typer.Option(
+    None, "--metrics-port", help="Serve Prometheus metrics on this port while running."
+)
+METRICS_HOST_OPTION = typer.Option("127.0.0.1", "--metrics-host", help="Metrics bind address.")

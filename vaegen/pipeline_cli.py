@@ -7,7 +7,13 @@ from pathlib import Path
 
 import typer
 
-from vaegen.cliutil import RAY_ADDRESS_OPTION, handle_errors, single_command_app
+from vaegen.cliutil import (
+    METRICS_HOST_OPTION,
+    METRICS_PORT_OPTION,
+    RAY_ADDRESS_OPTION,
+    handle_errors,
+    single_command_app,
+)
 
 app = single_command_app("Run train, export, generate and eval from one TOML file.")
 
@@ -40,11 +46,17 @@ def pipeline(
     config: Path = typer.Option(..., help="Pipeline TOML (see configs/)."),
     force: bool = typer.Option(False, help="Rerun every stage, even up-to-date ones."),
     ray_address: str | None = RAY_ADDRESS_OPTION,
+    metrics_port: int | None = METRICS_PORT_OPTION,
+    metrics_host: str = METRICS_HOST_OPTION,
 ) -> None:
     """Run train -> export -> generate -> eval; skips stages whose output matches the config."""
     from vaegen.pipeline import load_config, run_pipeline
 
     cfg = load_config(config)
+    if metrics_port is not None:
+        from vaegen.telemetry import serve_metrics
+
+        serve_metrics(metrics_port, metrics_host)  # every stage's metrics, one endpoint
     run_pipeline(cfg, force=force, ray_address=ray_address)
     print(f"report: {cfg.report_dir / 'report.html'}")
     print(_summary_table(cfg.report_dir))

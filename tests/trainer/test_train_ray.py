@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -49,10 +51,32 @@ def test_cvae_on_digits_improves_and_writes_the_run(tmp_path: Path) -> None:
         train(_digits_cfg(), TrainConfig(epochs=6, workers=2), run, show_progress=False)
 
 
+def _scrape(port: int) -> dict[str, float]:
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    return {
+        line.split(" ")[0]: float(line.split(" ")[1])
+        for line in text.splitlines()
+        if line.startswith("vaegen_train")
+    }
+
+
 def test_resume_continues_from_the_latest_checkpoint(tmp_path: Path) -> None:
+    from vaegen.telemetry import serve_metrics
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server = serve_metrics(port)
     run = tmp_path / "run"
     cfg = TrainConfig(epochs=2, workers=1, loss=LossConfig(kl_warmup_epochs=2))
+    before = _scrape(port).get("vaegen_train_epoch_seconds_count", 0.0)
     train(_digits_cfg(), cfg, run, show_progress=False)
+    scraped = _scrape(port)
+    server.shutdown()
+    assert scraped["vaegen_train_epoch_seconds_count"] == before + 2
+    assert scraped['vaegen_train_loss{term="test_elbo"}'] == pytest.approx(
+        _log(run)[-1]["test_elbo"]
+    )
     more = TrainConfig(epochs=4, workers=1, loss=LossConfig(kl_warmup_epochs=2))
     result = train(_digits_cfg(), more, run, resume=True, show_progress=False)
     assert [e["epoch"] for e in _log(run)] == [0, 1, 2, 3]
