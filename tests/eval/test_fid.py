@@ -162,11 +162,12 @@ def test_matches_torch_fidelity_calculate_metrics(digits: Any, digits_judge: Any
     import torch_fidelity
 
     train, test = digits
-    fake = train.images[:200]
+    # Equal set sizes: precision/recall then score every image on both sides, as the reference.
+    fake = train.images[: len(test.images)]
     ex = fid.judge_extractor(digits_judge.weights_path)
     ours = fid.fidelity_metrics(test.images, fake, ex, kid_subsets=20, batch_size=50, seed=7)
     kwargs = fid.tf_kwargs(
-        ex, cuda=False, batch_size=50, kid_subset_size=200, kid_subsets=20, seed=7
+        ex, cuda=False, batch_size=50, kid_subset_size=ours.kid_subset_size, kid_subsets=20, seed=7
     )
     ref = torch_fidelity.calculate_metrics(
         input1=UInt8ImageDataset(fake), input2=UInt8ImageDataset(test.images), **kwargs
@@ -176,6 +177,18 @@ def test_matches_torch_fidelity_calculate_metrics(digits: Any, digits_judge: Any
     assert ours.kid_std == pytest.approx(ref["kernel_inception_distance_std"], abs=1e-9)
     assert ours.precision == pytest.approx(ref["precision"])
     assert ours.recall == pytest.approx(ref["recall"])
+
+
+def test_precision_recall_score_equal_sized_sets(digits: Any, digits_judge: Any) -> None:
+    """A 10x larger generated set is subsampled to the real set's size (k-NN PR depend on it)."""
+    train, test = digits
+    ex = fid.judge_extractor(digits_judge.weights_path)
+    many = np.concatenate([train.images] * 3)[: 10 * len(test.images)]
+    res = fid.fidelity_metrics(test.images, many, ex, kid_subsets=5, seed=3)
+    assert res.num_fake == len(many)
+    assert 0.0 <= res.precision <= 1.0 and 0.0 <= res.recall <= 1.0
+    again = fid.fidelity_metrics(test.images, many, ex, kid_subsets=5, seed=3)
+    assert (again.precision, again.recall) == (res.precision, res.recall)
 
 
 def test_per_class_fid_and_small_sets(digits: Any, digits_judge: Any) -> None:
