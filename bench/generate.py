@@ -10,9 +10,8 @@ Prints, for N samples (default 1M) written as raw parquet by `run_generation` on
   (target: RSS(2M) <= 1.2 x RSS(200k)).
 
 The decoder is the trainer's default CVAE MLP for MNIST-shaped data (latent 16, 10 classes,
-1x28x28, Bernoulli mean) with random weights, exported by exporter.graph (or, while that is not
-importable, built with onnx.helper from the same weights). Only the bench imports torch and
-trainer; workers/ never does.
+1x28x28, Bernoulli mean) with random weights, exported by exporter.graph. Only the bench
+imports torch and trainer; workers/ never does.
 
     .venv/bin/python bench/generate.py            # full run, several minutes on 2 cores
     .venv/bin/python bench/generate.py --quick    # smoke run, well under a minute of work
@@ -21,7 +20,6 @@ trainer; workers/ never does.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import sys
@@ -53,84 +51,17 @@ def build_model(seed: int = 0):  # noqa: ANN201 - a trainer VAE, lazily typed
 
 
 def export_decoder(model, path: Path) -> str:  # noqa: ANN001
-    """decoder.onnx via the exporter's graph; if that is unavailable, the same network by hand."""
+    """decoder.onnx through the exporter's own graph and metadata."""
     import onnx
+
+    from exporter.graph import export_onnx
+    from exporter.metadata import attach_metadata, build_metadata
 
     names = [str(i) for i in range(CLASSES)]
-    try:
-        from exporter.graph import export_onnx
-        from exporter.metadata import attach_metadata, build_metadata
-
-        proto = export_onnx(model)
-        attach_metadata(proto, build_metadata(model.cfg, names, "0" * 64, "bench", "fp32"))
-        onnx.save(proto, str(path))
-        return "exporter.graph.export_onnx"
-    except Exception as exc:  # noqa: BLE001 - the exporter is optional for this bench
-        _helper_graph(model, path, names)
-        return f"onnx.helper from the same weights (exporter unavailable: {type(exc).__name__})"
-
-
-def _helper_graph(model, path: Path, names: list[str]) -> None:  # noqa: ANN001
-    """The decoder MLP as ONNX (Gather one-hot, Concat, Gemm/Relu, quantize), with metadata."""
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
-
-    linears = [m for m in model.decoder.mlp if hasattr(m, "weight")]
-    inits = [
-        numpy_helper.from_array(np.eye(CLASSES, dtype=np.float32), "eye"),
-        numpy_helper.from_array(np.array([-1, *SHAPE], np.int64), "shape"),
-        numpy_helper.from_array(np.array(255.0, np.float32), "s255"),
-        numpy_helper.from_array(np.array(0.0, np.float32), "lo"),
-        numpy_helper.from_array(np.array(255.0, np.float32), "hi"),
-    ]
-    nodes = [
-        helper.make_node("Gather", ["eye", "y"], ["oh"], axis=0),
-        helper.make_node("Concat", ["z", "oh"], ["h0"], axis=1),
-    ]
-    x = "h0"
-    for i, lin in enumerate(linears):
-        inits.append(numpy_helper.from_array(lin.weight.detach().numpy(), f"w{i}"))
-        inits.append(numpy_helper.from_array(lin.bias.detach().numpy(), f"b{i}"))
-        nodes.append(helper.make_node("Gemm", [x, f"w{i}", f"b{i}"], [f"g{i}"], transB=1))
-        x = f"g{i}"
-        if i < len(linears) - 1:
-            nodes.append(helper.make_node("Relu", [x], [f"r{i}"]))
-            x = f"r{i}"
-    nodes += [
-        helper.make_node("Reshape", [x, "shape"], ["logits"]),
-        helper.make_node("Sigmoid", ["logits"], ["mean"]),
-        helper.make_node("Mul", ["mean", "s255"], ["scaled"]),
-        helper.make_node("Round", ["scaled"], ["rounded"]),
-        helper.make_node("Clip", ["rounded", "lo", "hi"], ["clipped"]),
-        helper.make_node("Cast", ["clipped"], ["image"], to=TensorProto.UINT8),
-    ]
-    graph = helper.make_graph(
-        nodes,
-        "bench_decoder",
-        [
-            helper.make_tensor_value_info("z", TensorProto.FLOAT, ["B", LATENT]),
-            helper.make_tensor_value_info("y", TensorProto.INT64, ["B"]),
-        ],
-        [
-            helper.make_tensor_value_info("image", TensorProto.UINT8, ["B", *SHAPE]),
-            helper.make_tensor_value_info("mean", TensorProto.FLOAT, ["B", *SHAPE]),
-        ],
-        initializer=inits,
-    )
-    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    proto.ir_version = 8
-    props = {
-        "vaegen_version": "bench",
-        "latent_dim": str(LATENT),
-        "num_classes": str(CLASSES),
-        "class_names": json.dumps(names),
-        "image_shape": json.dumps(list(SHAPE)),
-        "likelihood": "bernoulli",
-        "source_sha256": "0" * 64,
-    }
-    helper.set_model_props(proto, props)
-    onnx.checker.check_model(proto)
+    proto = export_onnx(model)
+    attach_metadata(proto, build_metadata(model.cfg, names, "0" * 64, "bench", "fp32"))
     onnx.save(proto, str(path))
+    return "exporter.graph.export_onnx"
 
 
 def parity(module, onnx_path: Path) -> int:  # noqa: ANN001

@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from vaegen.contracts import DECODER_METADATA_KEYS
+from vaegen.contracts import DECODER_METADATA_KEYS, parse_decoder_metadata
 from vaegen.errors import VaegenError
 
 REQUIRED_KEYS = DECODER_METADATA_KEYS
@@ -60,24 +60,8 @@ def attach_metadata(proto: Any, props: dict[str, str]) -> None:
 
 
 def parse_metadata(props: dict[str, str], where: str = "decoder") -> dict[str, Any]:
-    """Typed values of raw props: ints as int, class_names/image_shape as lists."""
-    missing = [k for k in REQUIRED_KEYS if k not in props]
-    if missing:
-        raise VaegenError(f"{where}: not a vaegen decoder (metadata lacks {', '.join(missing)})")
-    out: dict[str, Any] = dict(props)
-    try:
-        out["latent_dim"] = int(props["latent_dim"])
-        out["num_classes"] = int(props["num_classes"])
-        out["class_names"] = json.loads(props["class_names"])
-        out["image_shape"] = json.loads(props["image_shape"])
-    except (ValueError, TypeError):
-        raise VaegenError(f"{where}: malformed vaegen metadata") from None
-    names, shape = out["class_names"], out["image_shape"]
-    if not isinstance(names, list) or len(names) != out["num_classes"]:
-        raise VaegenError(f"{where}: class_names does not match num_classes")
-    if not (isinstance(shape, list) and len(shape) == 3 and all(isinstance(d, int) for d in shape)):
-        raise VaegenError(f"{where}: image_shape is not a [C, H, W] list")
-    return out
+    """Typed values of raw props (the one parser in vaegen.contracts, shared with workers)."""
+    return parse_decoder_metadata(props, where)
 
 
 def read_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:

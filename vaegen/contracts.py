@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from typing import Any
+
 # decoder.onnx metadata_props: the exporter writes them, the workers and eval read them.
 DECODER_METADATA_KEYS: tuple[str, ...] = (
     "vaegen_version",
@@ -12,3 +15,46 @@ DECODER_METADATA_KEYS: tuple[str, ...] = (
     "likelihood",
     "source_sha256",
 )
+
+
+def parse_decoder_metadata(props: dict[str, str], where: str = "decoder") -> dict[str, Any]:
+    """Typed, validated decoder metadata: ints as int, class_names/image_shape as lists.
+
+    Raises VaegenError (exit 2) for a file that is not a vaegen decoder or whose props disagree.
+    """
+    from vaegen.errors import VaegenError
+
+    missing = [k for k in DECODER_METADATA_KEYS if k not in props]
+    if missing:
+        raise VaegenError(
+            f"{where}: not a vaegen decoder (metadata lacks {', '.join(missing)}); "
+            "export it with `vaegen export`"
+        )
+    out: dict[str, Any] = dict(props)
+    try:
+        out["latent_dim"] = int(props["latent_dim"])
+        out["num_classes"] = int(props["num_classes"])
+    except ValueError:
+        raise VaegenError(f"{where}: metadata latent_dim/num_classes are not integers") from None
+    for key in ("class_names", "image_shape"):
+        try:
+            out[key] = json.loads(props[key])
+        except (json.JSONDecodeError, TypeError):
+            raise VaegenError(f"{where}: metadata {key!r} is not valid JSON") from None
+    latent_dim, num_classes = out["latent_dim"], out["num_classes"]
+    names, shape = out["class_names"], out["image_shape"]
+    if latent_dim < 1 or num_classes < 0:
+        raise VaegenError(f"{where}: metadata latent_dim must be >= 1 and num_classes >= 0")
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise VaegenError(f"{where}: metadata class_names must be a JSON list of strings")
+    if len(names) != num_classes:
+        raise VaegenError(
+            f"{where}: metadata has {len(names)} class_names for num_classes={num_classes}"
+        )
+    if (
+        not isinstance(shape, list)
+        or len(shape) != 3
+        or not all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in shape)
+    ):
+        raise VaegenError(f"{where}: metadata image_shape must be a JSON list [C, H, W]")
+    return out

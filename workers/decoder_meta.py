@@ -7,15 +7,12 @@ file in milliseconds and before anything is written.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from vaegen.contracts import DECODER_METADATA_KEYS
+from vaegen.contracts import parse_decoder_metadata
 from vaegen.errors import VaegenError
-
-REQUIRED_PROPS = DECODER_METADATA_KEYS
 
 
 @dataclass(frozen=True)
@@ -75,13 +72,6 @@ def _dims(value_info) -> list[int | str | None]:  # noqa: ANN001 - onnx.ValueInf
     return out
 
 
-def _json_prop(props: dict[str, str], key: str, where: str) -> object:
-    try:
-        return json.loads(props[key])
-    except (json.JSONDecodeError, TypeError):
-        raise VaegenError(f"{where}: metadata {key!r} is not valid JSON") from None
-
-
 def read_decoder(path: str | os.PathLike[str]) -> DecoderInfo:
     """Validate `path` as a vaegen decoder and return its metadata, or raise VaegenError."""
     import onnx
@@ -97,34 +87,9 @@ def read_decoder(path: str | os.PathLike[str]) -> DecoderInfo:
         raise VaegenError(f"{where}: not an ONNX model ({type(exc).__name__})") from None
     if len(model.graph.node) == 0:
         raise VaegenError(f"{where}: not an ONNX model (empty graph)")
-    props = {p.key: p.value for p in model.metadata_props}
-    missing = [k for k in REQUIRED_PROPS if k not in props]
-    if missing:
-        raise VaegenError(
-            f"{where}: not a vaegen decoder (metadata lacks {', '.join(missing)}); "
-            "export it with `vaegen export`"
-        )
-    try:
-        latent_dim = int(props["latent_dim"])
-        num_classes = int(props["num_classes"])
-    except ValueError:
-        raise VaegenError(f"{where}: metadata latent_dim/num_classes are not integers") from None
-    class_names = _json_prop(props, "class_names", where)
-    image_shape = _json_prop(props, "image_shape", where)
-    if latent_dim < 1 or num_classes < 0:
-        raise VaegenError(f"{where}: metadata latent_dim must be >= 1 and num_classes >= 0")
-    if not isinstance(class_names, list) or not all(isinstance(n, str) for n in class_names):
-        raise VaegenError(f"{where}: metadata class_names must be a JSON list of strings")
-    if len(class_names) != num_classes:
-        raise VaegenError(
-            f"{where}: metadata has {len(class_names)} class_names for num_classes={num_classes}"
-        )
-    if (
-        not isinstance(image_shape, list)
-        or len(image_shape) != 3
-        or not all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in image_shape)
-    ):
-        raise VaegenError(f"{where}: metadata image_shape must be a JSON list [C, H, W]")
+    meta = parse_decoder_metadata({p.key: p.value for p in model.metadata_props}, where)
+    latent_dim, num_classes = meta["latent_dim"], meta["num_classes"]
+    class_names, image_shape = meta["class_names"], meta["image_shape"]
 
     # The signature: initializers may be listed as graph inputs in old opsets; skip them.
     init_names = {t.name for t in model.graph.initializer}
@@ -166,7 +131,7 @@ def read_decoder(path: str | os.PathLike[str]) -> DecoderInfo:
         num_classes=num_classes,
         class_names=tuple(class_names),
         image_shape=(int(image_shape[0]), int(image_shape[1]), int(image_shape[2])),
-        likelihood=props["likelihood"],
-        vaegen_version=props["vaegen_version"],
-        source_sha256=props["source_sha256"],
+        likelihood=meta["likelihood"],
+        vaegen_version=meta["vaegen_version"],
+        source_sha256=meta["source_sha256"],
     )
