@@ -46,22 +46,16 @@ def _has_checkpoints(run_dir: Path) -> bool:
     return root.is_dir() and any(root.iterdir())
 
 
-class _LogCallbackFactory:
-    """Builds the Ray Train callback that forwards rank 0's metrics to the driver's queue."""
+def _forward_metrics_callback(queue: Any) -> Any:
+    """A Ray Train callback (it runs in the controller) that sends rank 0's metrics to `queue`."""
+    from ray.train.v2.api.callback import UserCallback
 
-    @staticmethod
-    def make(queue: Any) -> Any:
-        from ray.train.v2.api.callback import UserCallback
+    class ForwardMetrics(UserCallback):
+        def after_report(self, run_context: Any, metrics: list, checkpoint: Any) -> None:
+            if metrics:
+                queue.put(dict(metrics[0]))
 
-        class ForwardMetrics(UserCallback):
-            def __init__(self, q: Any) -> None:
-                self.q = q
-
-            def after_report(self, run_context: Any, metrics: list, checkpoint: Any) -> None:
-                if metrics:
-                    self.q.put(dict(metrics[0]))
-
-        return ForwardMetrics(queue)
+    return ForwardMetrics()
 
 
 def _scaling(workers: int, use_gpu: bool) -> tuple[Any, int]:
@@ -143,7 +137,7 @@ def train(
             storage_path=str(run_dir / CHECKPOINTS),
             checkpoint_config=CheckpointConfig(num_to_keep=train_cfg.keep_checkpoints),
             failure_config=FailureConfig(max_failures=train_cfg.max_failures),
-            callbacks=[_LogCallbackFactory.make(queue)],
+            callbacks=[_forward_metrics_callback(queue)],
         ),
     )
     outcome: dict[str, Any] = {}
