@@ -1,7 +1,9 @@
 """Benchmark `vaegen generate` against the loops it replaces.
 
-Prints, for N samples (default 1M) written as raw parquet by `run_generation` on this machine:
-- end-to-end samples/s of the job (Ray already started; the cold start is printed apart);
+Prints, for N samples (default 1M) written as raw parquet by `run_generation` on this machine,
+as the median of 3 interleaved rounds (this machine is shared and noisy):
+- end-to-end samples/s of the job (Ray already started; its start is printed apart; each job
+  starts its own actor pool, as the CLI does);
 - the raw single-process onnxruntime loop on the same decoder (inputs + session.run, no
   writes), and the ratio job / raw ORT (target >= 0.8);
 - a plain PyTorch script a user would otherwise write (a loop of torch decoder calls with
@@ -22,6 +24,7 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import statistics
 import sys
 import tempfile
 import threading
@@ -32,6 +35,8 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+
+from workers.spec import DEFAULT_BATCH_SIZE  # noqa: E402 - after the path is set
 
 LATENT, CLASSES, SHAPE = 16, 10, (1, 28, 28)
 
@@ -216,12 +221,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="small N: a smoke run")
     parser.add_argument("--samples", type=int, default=None, help="N for the throughput runs")
-    parser.add_argument("--batch-size", type=int, default=4096)
+    parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE, help="both loops")
     parser.add_argument("--workers", type=int, default=None, help="actors (default: auto)")
+    parser.add_argument("--rounds", type=int, default=None, help="rounds of the 3 loops (3)")
     parser.add_argument("--skip-rss", action="store_true", help="skip the 200k/2M RSS runs")
     parser.add_argument("--workdir", type=Path, default=None, help="scratch folder")
     args = parser.parse_args()
     n = args.samples or (50_000 if args.quick else 1_000_000)
+    args.rounds = args.rounds or (1 if args.quick else 3)
     rss_sizes = (20_000, 200_000) if args.quick else (200_000, 2_000_000)
 
     import onnxruntime as ort
@@ -244,28 +251,34 @@ def main() -> None:
           f"max pixel diff {parity(module, onnx_path)}")  # fmt: skip
     print(f"N = {n:,} samples, batch {args.batch_size}, raw uint8 parquet")
 
-    # Other work on this machine shifts timings: time the raw loop before and after the job.
-    raw_before = raw_ort_loop(onnx_path, n, args.batch_size)
-    print(f"raw ORT loop (1 process, default threads, no writes): {raw_before:12,.0f} samples/s")
-    plain = torch_script(module, n, args.batch_size, work / "torch.parquet")
-    print(f"plain torch script (decoder + parquet writes):        {plain:12,.0f} samples/s")
-
     t0 = time.perf_counter()
     init_ray()
-    cold = time.perf_counter() - t0
-    rate, manifest = run_job(onnx_path, n, work / "ds", args.batch_size, args.workers)
+    print(f"Ray start: {time.perf_counter() - t0:.1f} s (not counted below)")
+    # This machine is shared and noisy: interleave the three loops, round after round, and
+    # compare medians. Every round's job starts its own actor pool (the CLI's cost).
+    rates: dict[str, list[float]] = {"raw": [], "torch": [], "job": []}
+    for round_ in range(1, args.rounds + 1):
+        rates["raw"].append(raw_ort_loop(onnx_path, n, args.batch_size))
+        rates["torch"].append(torch_script(module, n, args.batch_size, work / "torch.parquet"))
+        rate, manifest = run_job(onnx_path, n, work / "ds", args.batch_size, args.workers)
+        rates["job"].append(rate)
+        shutil.rmtree(work / "ds")
+        print(f"round {round_}: raw ORT {rates['raw'][-1]:9,.0f}  torch script "
+              f"{rates['torch'][-1]:9,.0f}  vaegen generate {rate:9,.0f} samples/s")  # fmt: skip
     ex = manifest["execution"]
-    print(f"vaegen generate (run_generation, Ray up):              {rate:12,.0f} samples/s "
-          f"({ex['workers']} actors x {ex['threads']} ORT threads, "
-          f"{manifest['num_shards']} shards; Ray start took {cold:.1f} s more)")  # fmt: skip
-    raw_after = raw_ort_loop(onnx_path, n, args.batch_size)
-    raw = (raw_before + raw_after) / 2
-    print(f"raw ORT loop again, after the job:                    {raw_after:12,.0f} samples/s")
-    print(f"  job / raw ORT loop (mean of both): {rate / raw:5.2f}   (target >= 0.8)")
-    print(f"  job / torch script:                {rate / plain:5.2f}   (target >= 1.5)")
+    med = {k: statistics.median(v) for k, v in rates.items()}
+    vs_raw = statistics.median(j / r for j, r in zip(rates["job"], rates["raw"], strict=True))
+    vs_torch = statistics.median(j / t for j, t in zip(rates["job"], rates["torch"], strict=True))
+    print(f"medians of {args.rounds} rounds (samples/s):")
+    print(f"  raw ORT loop (1 process, default threads, no writes): {med['raw']:10,.0f}")
+    print(f"  plain torch script (decoder calls + parquet writes):  {med['torch']:10,.0f}")
+    print(f"  vaegen generate (run_generation, Ray up):             {med['job']:10,.0f}  "
+          f"({ex['workers']} actors x {ex['threads']} ORT thread(s), "
+          f"{manifest['num_shards']} shards)")  # fmt: skip
+    print(f"  job / raw ORT loop, median of rounds: {vs_raw:5.2f}   (target >= 0.8)")
+    print(f"  job / torch script, median of rounds: {vs_torch:5.2f}   (target >= 1.5)")
     if args.quick:
-        print("  (--quick: at this N the pool's ~4 s start-up dominates; the targets are for 1M)")
-    shutil.rmtree(work / "ds")
+        print("  (--quick: at this N the pool's start-up weighs more; the targets are for 1M)")
 
     ray.shutdown()
 

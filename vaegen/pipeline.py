@@ -148,11 +148,12 @@ def _run_export(cfg: PipelineConfig, ray_address: str | None) -> str:
 
 def _run_generate(cfg: PipelineConfig, ray_address: str | None) -> str:
     from workers.job import run_generation
-    from workers.spec import build_spec
+    from workers.spec import build_spec, default_batch_size
 
     options = dict(cfg.generate)
     spec_kwargs = {k: options.pop(k) for k in SPEC_KEYS if k in options}
     spec_kwargs.setdefault("num_samples", 10_000)
+    spec_kwargs.setdefault("batch_size", default_batch_size(options.get("gpus_per_worker", 0.0)))
     num_samples = spec_kwargs.pop("num_samples")
     spec = build_spec(str(cfg.onnx_path), num_samples, **spec_kwargs)
     manifest = run_generation(

@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 
 from vaegen.cliutil import RAY_ADDRESS_OPTION, handle_errors, single_command_app
-from workers.spec import DEFAULT_BATCH_SIZE, DEFAULT_SHARD_SIZE
+from workers.spec import DEFAULT_BATCH_SIZE, DEFAULT_SHARD_SIZE, GPU_BATCH_SIZE
 
 app = single_command_app("Bulk-generate a labeled synthetic dataset from a decoder.onnx on Ray.")
 
@@ -24,8 +24,12 @@ def generate(
         None, "--classes", help="Split --num-samples evenly over these classes, e.g. 0,3."
     ),
     seed: int = typer.Option(0, "--seed", help="Seed of every latent and label draw."),
-    batch_size: int = typer.Option(
-        DEFAULT_BATCH_SIZE, "--batch-size", help="Rows per decoder call."
+    batch_size: int | None = typer.Option(
+        None,
+        "--batch-size",
+        help=f"Rows per decoder call [default: {DEFAULT_BATCH_SIZE} on CPU, {GPU_BATCH_SIZE} "
+        "with --gpus-per-worker].",
+        show_default=False,
     ),
     shard_size: int = typer.Option(
         DEFAULT_SHARD_SIZE, "--shard-size", help="Rows per output shard."
@@ -57,7 +61,7 @@ def generate(
 ) -> None:
     """Generate a labeled dataset from a decoder.onnx on a pool of Ray actors."""
     from workers.job import run_generation
-    from workers.spec import build_spec
+    from workers.spec import build_spec, default_batch_size
 
     spec = build_spec(
         str(model),
@@ -66,7 +70,7 @@ def generate(
         classes=classes,
         seed=seed,
         shard_size=shard_size,
-        batch_size=batch_size,
+        batch_size=batch_size or default_batch_size(gpus_per_worker),
         format=fmt,
         encoding=encoding,
     )

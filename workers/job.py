@@ -1,23 +1,27 @@
-"""`run_generation`: plan a job, run it on a Ray Data actor pool, keep the manifest current.
+"""`run_generation`: plan a job, run it on a pool of Ray actors, keep the manifest current.
 
-The pipeline is one row per pending shard -> `map_batches(ShardGenerator, batch_size=1)` on a
-fixed-size actor pool. Actors write their shard files themselves; only small JSON records flow
-back, and the driver streams them (`iter_rows`) into the manifest, the metrics and the progress
-bar. Peak memory therefore depends on the shard size, never on --num-samples.
+Each actor runs a `ShardGenerator` (one onnxruntime session, built once) and is fed one shard
+plan at a time, two in flight so it never waits on the driver. Actors write their shard files
+themselves; only small records flow back, and the driver folds them, in completion order, into
+the manifest, the metrics and the progress bar. Peak memory therefore depends on the shard size,
+never on --num-samples.
+
+Plain Ray actors rather than Ray Data's `map_batches`: this job reads no input blocks and
+returns no data, and on 2 CPUs Ray Data's executor cost a fixed 1.3 s per job (2.9 s for a
+process's first job) and 15% of the steady rate (workers/README.md has the figures).
 """
 
 from __future__ import annotations
 
 import contextlib
 import csv
-import json
-import logging
 import math
 import os
 import shutil
 import sys
 import tempfile
 import time
+from collections import deque
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -39,6 +43,8 @@ from workers.writers import image_path, sweep_temp_files
 
 SHARD_DELAY_ENV = "VAEGEN_TEST_SHARD_DELAY"  # test hook: seconds each actor sleeps per shard
 MAX_CPU_ACTORS = 16  # past this, bigger machines get more ORT threads per actor instead
+IN_FLIGHT_PER_ACTOR = 2  # the next shard is queued at the actor while it writes this one
+ACTOR_REPLACEMENTS = 3  # per pool slot; a node that keeps killing its actors fails the job
 PUSH_JOB = "vaegen_generate"
 
 
@@ -46,7 +52,7 @@ PUSH_JOB = "vaegen_generate"
 class ActorLayout:
     workers: int
     threads: int  # onnxruntime intra-op threads per actor
-    num_cpus: float  # Ray CPU reservation per actor (fractional: leave CPU for Ray Data)
+    num_cpus: float  # Ray CPU reservation per actor (fractional: leave CPU for other Ray work)
     num_gpus: float
     provider: str
 
@@ -76,7 +82,7 @@ def plan_layout(
                 f"{count} workers x {gpus_per_worker:g} GPUs need {count * gpus_per_worker:g} "
                 f"GPUs; the Ray cluster has {gpus:g}"
             )
-        # A GPU actor needs little CPU; still leave one CPU free for Ray Data's own tasks.
+        # A GPU actor needs little CPU; still leave one CPU free for the rest of Ray.
         num_cpus = min(1.0, max(0.1, (cpus - 1) / count)) if cpus > 1 else 0.5 / count
         return ActorLayout(count, 1, _floor3(num_cpus), gpus_per_worker, CUDA)
     if workers is None:
@@ -85,8 +91,9 @@ def plan_layout(
     else:
         count = workers
         threads = max(1, int(cpus // count))
-    # An actor pool that reserves every CPU starves Ray Data's read/write tasks and the job
-    # hangs silently: reserve at most cpus - 1 (or half of one CPU on a 1-CPU node).
+    # A pool that reserves every CPU starves any other Ray task (a Ray Data read, an eval job
+    # sharing the cluster), which then hangs silently: reserve at most cpus - 1 (or half of
+    # one CPU on a 1-CPU node). Threads still use every core.
     spare = cpus - 1 if cpus > 1 else 0.5
     num_cpus = max(0.05, min(float(threads), spare / count))
     return ActorLayout(count, threads, _floor3(num_cpus), 0.0, CPU)
@@ -157,16 +164,6 @@ def _progress(show: bool, total: int) -> Iterator:
         yield bar
 
 
-def _quiet_ray_data() -> None:
-    from ray.data import DataContext
-
-    ctx = DataContext.get_current()
-    ctx.enable_progress_bars = False  # our own bar counts samples, not blocks
-    ctx.print_on_execution_start = False
-    # Ray Data warns, once per process, that its bars are off; that is our choice, not news.
-    logging.getLogger("ray.data").setLevel(logging.ERROR)
-
-
 def _observe(record: dict) -> None:
     for label, n in record["class_counts"].items():
         telemetry.GENERATED_SAMPLES.labels(label=label).inc(n)
@@ -178,26 +175,62 @@ def _observe(record: dict) -> None:
 def _run_pool(
     pending: list[ShardPlan], model_ref: object, cfg: SamplerConfig, layout: ActorLayout
 ) -> Iterator[dict]:
-    """Yield each shard's record as its actor finishes it (in completion order)."""
-    import ray.data
+    """Yield each shard's record as its actor finishes it (in completion order).
 
-    _quiet_ray_data()
-    items = [{"plan": json.dumps(plan.to_json())} for plan in pending]
-    # One block per shard, so the pool balances shards across actors one at a time.
-    ds = ray.data.from_items(items, override_num_blocks=len(items))
-    ds = ds.map_batches(
-        ShardGenerator,
-        fn_constructor_kwargs={"model": model_ref, "cfg": cfg},
-        batch_size=1,
-        batch_format="numpy",
-        compute=ray.data.ActorPoolStrategy(
-            size=min(layout.workers, len(pending)), max_tasks_in_flight_per_actor=2
-        ),
+    A dead actor is replaced here and its unfinished shards are queued again; shards are
+    idempotent, so a retry writes the same bytes. Replacing (rather than Ray's max_restarts)
+    keeps the model's object-store reference a plain argument that this driver holds.
+    """
+    import ray
+    from ray.exceptions import RayActorError
+
+    actor_class = ray.remote(ShardGenerator).options(
         num_cpus=layout.num_cpus,
         num_gpus=layout.num_gpus or None,
+        scheduling_strategy="SPREAD",  # across nodes first: each node adds cores and disks
     )
-    for row in ds.iter_rows():
-        yield json.loads(row["record"])
+    size = min(layout.workers, len(pending))
+    replacements_left = ACTOR_REPLACEMENTS * size
+    queue = deque(pending)
+    actors: list = []
+    in_flight: dict = {}  # ObjectRef -> (actor, plan)
+
+    def feed(actor: object) -> None:
+        if queue:
+            plan = queue.popleft()
+            in_flight[actor.__call__.remote(plan)] = (actor, plan)
+
+    def start_actor() -> None:
+        actor = actor_class.remote(model_ref, cfg)
+        actors.append(actor)
+        for _ in range(IN_FLIGHT_PER_ACTOR):
+            feed(actor)
+
+    try:
+        for _ in range(size):
+            start_actor()
+        while in_flight:
+            [ready], _ = ray.wait(list(in_flight), num_returns=1)
+            actor, plan = in_flight.pop(ready)
+            try:
+                record = ray.get(ready)
+            except RayActorError as exc:
+                # A failing __init__ (no CUDA provider, --out not visible) would fail again.
+                if exc.actor_init_failed or replacements_left == 0:
+                    raise
+                replacements_left -= 1
+                lost = [plan] + [
+                    in_flight.pop(ref)[1] for ref, (a, _) in list(in_flight.items()) if a is actor
+                ]
+                queue.extendleft(sorted(lost, key=lambda p: p.index, reverse=True))
+                actors.remove(actor)
+                start_actor()
+                continue
+            feed(actor)
+            yield record
+    finally:
+        for actor in actors:
+            ray.kill(actor)
 
 
 def _provider_error(exc: BaseException) -> VaegenError | None:
@@ -391,7 +424,7 @@ def _generate(
                 raise
 
     missing = len(plans) - len(manifest["shards"])
-    if missing:  # Ray Data returned without error but short: never call that complete
+    if missing:  # never call a short dataset complete
         raise RuntimeError(f"{missing} shards were not written; rerun with --resume")
     if spec.format == "imagefolder":
         write_labels_csv(out, spec, plans)

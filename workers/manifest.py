@@ -80,8 +80,12 @@ def load_manifest(out: Path) -> dict | None:
     return manifest
 
 
+# Spec fields that change speed, never bytes: a resume may change them.
+PERFORMANCE_ONLY = ("batch_size",)
+
+
 def check_resumable(manifest: dict, spec: JobSpec, out: Path) -> None:
-    """A resume must repeat the same job: same model bytes and every spec field equal."""
+    """A resume must repeat the same job: same model bytes and every other spec field equal."""
     old = manifest.get("spec", {})
     new = spec.to_json()
     if old.get("model_sha256") != new["model_sha256"]:
@@ -89,7 +93,7 @@ def check_resumable(manifest: dict, spec: JobSpec, out: Path) -> None:
             f"{out} was generated from another model (sha256 {old.get('model_sha256')!s:.12}...,"
             f" this one {new['model_sha256']:.12}...); use --overwrite or another --out"
         )
-    diffs = [k for k in new if old.get(k) != new[k]]
+    diffs = [k for k in new if k not in PERFORMANCE_ONLY and old.get(k) != new[k]]
     if diffs:
         detail = ", ".join(f"{k}: {old.get(k)!r} -> {new[k]!r}" for k in diffs)
         raise VaegenError(f"cannot resume {out} with a different spec ({detail})")

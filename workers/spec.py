@@ -25,7 +25,11 @@ FORMATS = ("parquet", "imagefolder", "npz")
 ENCODINGS = ("raw", "png")
 UNLABELED = -1  # the label of every sample of a plain VAE (num_classes 0); its label_name is ""
 DEFAULT_SHARD_SIZE = 16384  # ~0.3 s of CPU decoding: enough shards to balance, small actors
-DEFAULT_BATCH_SIZE = 4096
+# Rows per decoder call. On a CPU, one onnxruntime thread runs the MLP decoder 7% faster in
+# calls of 1024 than of 4096 (its activations stay in L2); a GPU wants big calls to amortize
+# launches and copies. The batch size never changes the bytes written.
+DEFAULT_BATCH_SIZE = 1024
+GPU_BATCH_SIZE = 8192
 MAX_SHARDS = 200_000  # the manifest lists every shard; past this, ask for bigger shards
 
 
@@ -70,25 +74,6 @@ class ShardPlan:
     rows: int
     seed: int  # numpy.random.Generator(numpy.random.Philox(seed)) is this shard's stream
     class_counts: tuple[tuple[int, int], ...] = field(default=())  # (label, count), count > 0
-
-    def to_json(self) -> dict:
-        return {
-            "index": self.index,
-            "first_id": self.first_id,
-            "rows": self.rows,
-            "seed": self.seed,
-            "class_counts": [[label, count] for label, count in self.class_counts],
-        }
-
-    @classmethod
-    def from_json(cls, obj: dict) -> ShardPlan:
-        return cls(
-            index=int(obj["index"]),
-            first_id=int(obj["first_id"]),
-            rows=int(obj["rows"]),
-            seed=int(obj["seed"]),
-            class_counts=tuple((int(a), int(b)) for a, b in obj["class_counts"]),
-        )
 
 
 def _resolve_class(key: str, info: DecoderInfo) -> int:
@@ -144,6 +129,11 @@ def balanced_counts(num_samples: int, labels: list[int]) -> dict[int, int]:
     """N split as evenly as possible; the lowest labels get the remainder, one each."""
     base, extra = divmod(num_samples, len(labels))
     return {label: base + (1 if i < extra else 0) for i, label in enumerate(sorted(labels))}
+
+
+def default_batch_size(gpus_per_worker: float) -> int:
+    """--batch-size when none is given: 1024 on CPU actors, 8192 on GPU actors."""
+    return GPU_BATCH_SIZE if gpus_per_worker > 0 else DEFAULT_BATCH_SIZE
 
 
 def build_spec(

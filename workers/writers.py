@@ -29,6 +29,7 @@ import numpy as np
 
 TMP_SUFFIX = ".tmp"
 PARQUET_ROW_GROUP = 16384
+WRITE_CHUNK = 1 << 20
 _ZIP_DATE = (1980, 1, 1, 0, 0, 0)  # the zip epoch: no wall-clock time in the bytes
 
 
@@ -62,12 +63,20 @@ def image_path(label: int, name: str, sample_id: int, class_names: Sequence[str]
     return f"{class_dir(label, name, class_names)}/{sample_id}.png"
 
 
-def _write_atomic(final: Path, data: bytes | memoryview) -> None:
+def _temp_name(final: Path) -> Path:
     # A fixed temp name per target is safe: one shard has one writer at a time, and a retried
     # task rewrites the same bytes. The leading dot and .tmp let the driver sweep leftovers.
-    tmp = final.with_name(f".{final.name}{TMP_SUFFIX}")
+    return final.with_name(f".{final.name}{TMP_SUFFIX}")
+
+
+def _write_atomic(final: Path, data: bytes | memoryview) -> None:
+    tmp = _temp_name(final)
+    view = memoryview(data)
     with open(tmp, "wb") as fh:
-        fh.write(data)
+        # In 1 MiB pieces: one 13 MB write() into a new ext4 file took 28 ms of kernel CPU
+        # here, the same bytes in 1 MiB writes 3 ms (bench/write.py measures it).
+        for start in range(0, view.nbytes, WRITE_CHUNK):
+            fh.write(view[start : start + WRITE_CHUNK])
     os.replace(tmp, final)
 
 
@@ -91,20 +100,22 @@ def decode_png(data: bytes) -> np.ndarray:
     return arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
 
 
-def _parquet_bytes(
+def _parquet_table(
     ids: np.ndarray,
     labels: np.ndarray,
-    label_names: list[str],
+    names_by_label: dict[int, str],
     images: np.ndarray,
     encoding: str,
     class_names: Sequence[str],
-) -> memoryview:
+):  # noqa: ANN202 - a pyarrow.Table; pyarrow is imported lazily
     import json
 
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
     n = len(ids)
+    present = np.array(sorted(names_by_label), dtype=np.int64)
+    names = pa.array([names_by_label[int(lab)] for lab in present], type=pa.string())
+    label_names = names.take(pa.array(np.searchsorted(present, labels)))  # no per-row Python
     if encoding == "raw":
         flat = np.ascontiguousarray(images).reshape(n, -1)
         image_col = pa.FixedSizeBinaryArray.from_buffers(
@@ -118,25 +129,36 @@ def _parquet_bytes(
         "dtype": "uint8",
         "class_names": list(class_names),
     }
-    table = pa.table(
+    return pa.table(
         {
             "id": pa.array(ids, type=pa.int64()),
             "label": pa.array(labels, type=pa.int64()),
-            "label_name": pa.array(label_names, type=pa.string()),
+            "label_name": label_names,
             "image": image_col,
         }
     ).replace_schema_metadata({"vaegen": json.dumps(meta)})
-    sink = pa.BufferOutputStream()
+
+
+def _write_parquet_atomic(final: Path, table) -> tuple[str, int]:  # noqa: ANN001 - pa.Table
+    """Write `table` to a temp file, hash the file as written, rename; (sha256, bytes)."""
+    import pyarrow.parquet as pq
+
+    tmp = _temp_name(final)
+    # Straight to the file, which pyarrow writes page by page: building the file in memory and
+    # writing it in one piece took 20-45 ms per 16k-row MNIST shard here, this 8-16 ms.
     # Images barely compress with dictionaries or gain from min/max statistics: skip both.
     pq.write_table(
         table,
-        sink,
+        tmp,
         row_group_size=PARQUET_ROW_GROUP,
         compression="snappy",
         use_dictionary=["label_name"],
         write_statistics=["id", "label"],
     )
-    return memoryview(sink.getvalue())  # hashed and written without another copy
+    digest = file_digest(tmp)  # from the page cache: it hashes exactly the bytes on disk
+    size = tmp.stat().st_size
+    os.replace(tmp, final)
+    return digest, size
 
 
 def _npz_bytes(ids: np.ndarray, labels: np.ndarray, images: np.ndarray) -> memoryview:
@@ -169,13 +191,12 @@ def write_shard(
         return _write_imagefolder(out, ids, labels, images, names_by_label, class_names)
     name = shard_filename(fmt, index)
     if fmt == "parquet":
-        label_names = [names_by_label[int(lab)] for lab in labels]
-        data = _parquet_bytes(ids, labels, label_names, images, encoding, class_names)
-    elif fmt == "npz":
-        data = _npz_bytes(ids, labels, images)
-    else:
+        table = _parquet_table(ids, labels, names_by_label, images, encoding, class_names)
+        digest, size = _write_parquet_atomic(out / name, table)
+        return WrittenShard(file=name, sha256=digest, bytes=size)
+    if fmt != "npz":
         raise ValueError(f"unknown format {fmt!r}")
-    view = memoryview(data)
+    view = memoryview(_npz_bytes(ids, labels, images))
     _write_atomic(out / name, view)
     return WrittenShard(file=name, sha256=hashlib.sha256(view).hexdigest(), bytes=view.nbytes)
 

@@ -14,6 +14,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
@@ -101,29 +102,54 @@ def decoder(tmp_path: Path) -> Path:
     return export_decoder(tmp_path / "run").path
 
 
-def test_generate_spreads_over_two_nodes(tmp_path: Path, decoder: Path) -> None:
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[str]:
+    """A head node (1 CPU) and a worker node (1 CPU, and 1 GPU as a resource label only)."""
     port = _free_port()
     address = f"127.0.0.1:{port}"
     head = _start(["--head", f"--port={port}", "--num-cpus=1", "--include-dashboard=false"])
     worker = None
     try:
         _wait_for_nodes(address, 1)
-        worker = _start([f"--address={address}", "--num-cpus=1"])
+        # The GPU is declared, not real: its actors find no CUDA provider, as on a node whose
+        # onnxruntime is the CPU build.
+        worker = _start([f"--address={address}", "--num-cpus=1", "--num-gpus=1"])
         _wait_for_nodes(address, 2)
-        out = tmp_path / "dataset"
-        proc = subprocess.run(
-            [str(BIN / "vaegen"), "generate", str(decoder), "--num-samples", "4000",
-             "--shard-size", "250", "--batch-size", "250", "--workers", "2",
-             "--ray-address", address, "--out", str(out)],
-            env=_ray_env(), capture_output=True, text=True, timeout=300,
-        )  # fmt: skip
-        assert proc.returncode == 0, proc.stderr[-3000:]
-        manifest = json.loads((out / "manifest.json").read_text())
-        shards = manifest["shards"]
-        assert sum(s["rows"] for s in shards) == 4000
-        nodes = {s["node"]["node_id"] for s in shards}
-        assert len(nodes) == 2, nodes
+        yield address
     finally:
         if worker is not None:
             _stop(worker)
         _stop(head)
+
+
+def _generate(decoder: Path, address: str, out: Path, *extra: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [str(BIN / "vaegen"), "generate", str(decoder), "--num-samples", "4000",
+         "--shard-size", "250", "--batch-size", "250", "--ray-address", address,
+         "--out", str(out), *extra],
+        env=_ray_env(), capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+
+
+def test_generate_spreads_over_two_nodes(cluster: str, tmp_path: Path, decoder: Path) -> None:
+    out = tmp_path / "dataset"
+    proc = _generate(decoder, cluster, out, "--workers", "2")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    manifest = json.loads((out / "manifest.json").read_text())
+    shards = manifest["shards"]
+    assert sum(s["rows"] for s in shards) == 4000
+    nodes = {s["node"]["node_id"] for s in shards}
+    assert len(nodes) == 2, nodes
+
+
+def test_gpu_actor_without_cuda_provider_exits_2(
+    cluster: str, tmp_path: Path, decoder: Path
+) -> None:
+    # The driver cannot check a remote node's onnxruntime: the actor must refuse, never
+    # fall back to the CPU provider, and the driver must turn that into exit 2.
+    out = tmp_path / "dataset"
+    proc = _generate(decoder, cluster, out, "--gpus-per-worker", "1")
+    assert proc.returncode == 2, (proc.stdout, proc.stderr[-3000:])
+    [line] = proc.stderr.strip().splitlines()  # one line: no traceback, no Ray log noise
+    assert line.startswith("error: --gpus-per-worker:") and "CUDAExecutionProvider" in line
+    assert not list(out.glob("part-*"))

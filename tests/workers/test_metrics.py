@@ -122,7 +122,7 @@ def test_prometheus_scrapes_and_pushgateway_gets_totals(
 ) -> None:
     prom, target = prometheus
     out = tmp_path / "ds"
-    env = {**os.environ, SHARD_DELAY_ENV: "0.5", "PYTHONPATH": str(REPO)}
+    env = {**os.environ, SHARD_DELAY_ENV: "1.5", "PYTHONPATH": str(REPO)}
     env.pop("RAY_ADDRESS", None)
     cmd = [sys.executable, "-m", "workers", str(cvae_onnx), "-n", str(N), "--class-counts",
            "1=100,2=500", "--shard-size", "100", "--workers", "2", "--out", str(out),
@@ -169,7 +169,7 @@ def test_prometheus_scrapes_and_pushgateway_gets_totals(
                 with contextlib.suppress(psutil.NoSuchProcess, ProcessLookupError):
                     child.kill()
             psutil.wait_procs(tree, timeout=30)
-    # Prometheus scraped while the job ran, not only at the end (shard delay 0.5 s, 6 shards).
+    # Prometheus scraped while the job ran, not only at the end (1.5 s per shard, 3 rounds).
     assert (
         seen_partial
         or _query(prom, "min_over_time(sum(vaegen_generated_samples_total)[5m:1s])") < N
