@@ -109,6 +109,15 @@ def test_two_workers_give_identical_shards(
     assert _shard_hashes(tmp_path / "ds") == _shard_hashes(reference)
 
 
+def test_batch_size_never_changes_the_bytes(
+    reference: Path, cvae_onnx: Path, tmp_path: Path
+) -> None:
+    # Which is why a resume may change --batch-size, and why CPU and GPU defaults may differ.
+    out = tmp_path / "ds"
+    run_generation(_spec(cvae_onnx, batch_size=1000), out, workers=1, show_progress=False)
+    assert _shard_hashes(out) == _shard_hashes(reference)
+
+
 def test_png_npz_and_imagefolder_hold_the_raw_pixels(
     reference: Path, cvae_onnx: Path, tmp_path: Path
 ) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import random
 import time
 from pathlib import Path
 
@@ -39,6 +40,23 @@ def test_totals_follow_finished_shards(cvae_onnx: Path, tmp_path: Path) -> None:
     assert (tmp_path / MANIFEST).stat().st_mode & 0o777 == 0o644
 
 
+def test_totals_match_a_recount_in_any_order(cvae_onnx: Path) -> None:
+    # Shards finish in any order and a resume may replace one with a different record.
+    manifest = new_manifest(build_spec(str(cvae_onnx), 30, shard_size=10))
+    rng = random.Random(0)
+    order = [rng.randrange(500) for _ in range(2000)]
+    for index in order:
+        add_shard(manifest, _record(index, {str(index % 7): 1 + index % 5, "9": rng.randrange(3)}))
+    shards = manifest["shards"]
+    assert [s["index"] for s in shards] == sorted(set(order))
+    recount: dict[str, int] = {}
+    for shard in shards:
+        for label, n in shard["class_counts"].items():
+            recount[label] = recount.get(label, 0) + n
+    assert manifest["class_counts"] == {k: v for k, v in sorted(recount.items()) if v}
+    assert manifest["num_rows"] == sum(s["rows"] for s in shards)
+
+
 def test_resume_needs_the_same_spec_and_model(cvae_onnx: Path, vae_onnx: Path) -> None:
     old = new_manifest(build_spec(str(cvae_onnx), 30, shard_size=10))
     check_resumable(old, build_spec(str(cvae_onnx), 30, shard_size=10), Path("d"))
@@ -46,6 +64,9 @@ def test_resume_needs_the_same_spec_and_model(cvae_onnx: Path, vae_onnx: Path) -
         check_resumable(old, build_spec(str(cvae_onnx), 30, shard_size=11), Path("d"))
     with pytest.raises(VaegenError, match="another model"):
         check_resumable(old, build_spec(str(vae_onnx), 30, shard_size=10), Path("d"))
+    # The batch size changes speed, never bytes (test_job checks the hashes): a resume may
+    # change it, e.g. to finish a GPU job on CPU actors.
+    check_resumable(old, build_spec(str(cvae_onnx), 30, shard_size=10, batch_size=7), Path("d"))
 
 
 def test_saver_spaces_out_costly_rewrites(tmp_path: Path) -> None:

@@ -10,8 +10,11 @@ import pytest
 
 from vaegen.errors import VaegenError
 from workers.spec import (
+    DEFAULT_BATCH_SIZE,
+    GPU_BATCH_SIZE,
     UNLABELED,
     build_spec,
+    default_batch_size,
     plan_shards,
     shard_inputs,
     shard_label_sequence,
@@ -103,3 +106,8 @@ def test_streams_depend_on_seed_and_index_only(cvae_onnx: Path) -> None:
     assert ids[0] == 100 and z.dtype == np.float32 and z.shape == (100, 8)
     assert abs(float(z.mean())) < 0.2 and 0.8 < float(z.std()) < 1.2
     assert not np.array_equal(z, shard_inputs(c[1], 8)[2])
+
+
+def test_default_batch_size_follows_the_provider() -> None:
+    assert default_batch_size(0.0) == DEFAULT_BATCH_SIZE == 1024
+    assert default_batch_size(0.25) == GPU_BATCH_SIZE == 8192
