@@ -37,7 +37,7 @@ from workers.manifest import (
     shard_is_intact,
     write_manifest,
 )
-from workers.sampler import CPU, CUDA, PROVIDER_UNAVAILABLE, SamplerConfig, ShardGenerator
+from workers.sampler import ACTOR_REFUSED, CPU, CUDA, SamplerConfig, ShardGenerator
 from workers.spec import JobSpec, ShardPlan, plan_shards, shard_label_sequence
 from workers.writers import image_path, sweep_temp_files
 
@@ -233,15 +233,12 @@ def _run_pool(
             ray.kill(actor)
 
 
-def _provider_error(exc: BaseException) -> VaegenError | None:
-    text = str(exc)
-    if PROVIDER_UNAVAILABLE not in text:
-        return None
-    for line in text.splitlines():
-        if PROVIDER_UNAVAILABLE in line:
-            reason = line.split(PROVIDER_UNAVAILABLE + ":", 1)[-1].strip()
-            return VaegenError(f"--gpus-per-worker: {reason}")
-    return VaegenError("--gpus-per-worker: the CUDA execution provider is not available")
+def _actor_refusal(exc: BaseException) -> VaegenError | None:
+    """The one-line reason of an `ActorRefused` raised in an actor, or None."""
+    for line in str(exc).splitlines():
+        if ACTOR_REFUSED + ":" in line:
+            return VaegenError(line.split(ACTOR_REFUSED + ":", 1)[1].strip())
+    return None
 
 
 def write_labels_csv(out: Path, spec: JobSpec, plans: list[ShardPlan]) -> None:
@@ -418,9 +415,9 @@ def _generate(
             except Exception as exc:
                 saver.save(force=True)  # keep every finished shard for --resume
                 telemetry.GENERATE_SHARDS.labels(status="failed").inc()
-                provider_error = _provider_error(exc)
-                if provider_error is not None:
-                    raise provider_error from None
+                refusal = _actor_refusal(exc)
+                if refusal is not None:
+                    raise refusal from None
                 raise
 
     missing = len(plans) - len(manifest["shards"])

@@ -19,11 +19,21 @@ from workers.writers import write_shard
 
 CUDA = "CUDAExecutionProvider"
 CPU = "CPUExecutionProvider"
-PROVIDER_UNAVAILABLE = "vaegen-provider-unavailable"  # a marker the driver turns into exit 2
+ACTOR_REFUSED = "vaegen-actor-refused"  # a marker the driver turns into exit 2 and one line
 
 
-class ProviderUnavailable(RuntimeError):
+class ActorRefused(RuntimeError):
+    """An actor cannot work on its node because of how the job was asked for (exit 2)."""
+
+    def __init__(self, option: str, reason: str) -> None:
+        super().__init__(f"{ACTOR_REFUSED}: {option}: {reason}")
+
+
+class ProviderUnavailable(ActorRefused):
     """The CUDA provider was asked for but cannot run here; never fall back to CPU silently."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__("--gpus-per-worker", reason)
 
 
 @dataclass(frozen=True)
@@ -55,7 +65,7 @@ def make_session(model: bytes, *, gpu: bool, threads: int):  # noqa: ANN201 - or
     if gpu:
         if CUDA not in ort.get_available_providers():
             raise ProviderUnavailable(
-                f"{PROVIDER_UNAVAILABLE}: onnxruntime on {socket.gethostname()} has no {CUDA} "
+                f"onnxruntime on {socket.gethostname()} has no {CUDA} "
                 f"(providers: {ort.get_available_providers()}); install onnxruntime-gpu"
             )
         providers = [(CUDA, {"device_id": 0}), CPU]
@@ -65,7 +75,7 @@ def make_session(model: bytes, *, gpu: bool, threads: int):  # noqa: ANN201 - or
     # ORT quietly drops a provider that fails to load (no driver, no libcudnn): check it took.
     if gpu and session.get_providers()[0] != CUDA:
         raise ProviderUnavailable(
-            f"{PROVIDER_UNAVAILABLE}: {CUDA} could not start on {socket.gethostname()} "
+            f"{CUDA} could not start on {socket.gethostname()} "
             f"(session providers: {session.get_providers()}); check the CUDA/cuDNN install"
         )
     return session
@@ -173,9 +183,10 @@ class ShardGenerator:
 
             model = ray.get(model)
         if not os.path.isdir(cfg.out_dir):
-            raise RuntimeError(
-                f"output folder {cfg.out_dir} is not visible on {socket.gethostname()}; "
-                "workers write shards directly, so it must be on a shared filesystem"
+            raise ActorRefused(
+                "--out",
+                f"{cfg.out_dir} is not visible on {socket.gethostname()}; actors write shards "
+                "there directly, so it must be on a filesystem every node shares",
             )
         self.decoder = Decoder(bytes(model), cfg)
         self.node = _node()  # an actor never moves: look its node up once

@@ -8,7 +8,15 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from workers.sampler import Decoder, ProviderUnavailable, SamplerConfig, make_session
+from workers.job import _actor_refusal
+from workers.sampler import (
+    ActorRefused,
+    Decoder,
+    ProviderUnavailable,
+    SamplerConfig,
+    ShardGenerator,
+    make_session,
+)
 from workers.spec import build_spec, plan_shards, shard_inputs
 
 
@@ -62,7 +70,7 @@ def test_cuda_never_falls_back_to_cpu(cvae_onnx: Path, monkeypatch: pytest.Monke
     """Asking for CUDA where it cannot run raises; it never quietly decodes on the CPU."""
     if ort.get_device() == "GPU" and _cuda_works(cvae_onnx):
         pytest.skip("CUDA works here; the fallback cannot be provoked")
-    with pytest.raises(ProviderUnavailable, match="vaegen-provider-unavailable"):
+    with pytest.raises(ProviderUnavailable, match="vaegen-actor-refused: --gpus-per-worker: "):
         make_session(cvae_onnx.read_bytes(), gpu=True, threads=1)
     monkeypatch.setattr(ort, "get_available_providers", lambda: ["CPUExecutionProvider"])
     with pytest.raises(ProviderUnavailable, match="install onnxruntime-gpu"):
@@ -75,3 +83,15 @@ def _cuda_works(model: Path) -> bool:
     except ProviderUnavailable:
         return False
     return True
+
+
+def test_actor_refuses_an_out_folder_it_cannot_see(cvae_onnx: Path, tmp_path: Path) -> None:
+    spec = build_spec(str(cvae_onnx), 10, shard_size=10)
+    cfg = _cfg(spec, out_dir=str(tmp_path / "not-mounted-here"))
+    with pytest.raises(ActorRefused) as caught:
+        ShardGenerator(cvae_onnx.read_bytes(), cfg)
+    # The driver finds the marker inside Ray's wrapped error text and keeps only the reason.
+    wrapped = f"ActorDiedError: creation task failed\n  File ...\n{caught.value}\n"
+    reason = str(_actor_refusal(RuntimeError(wrapped)))
+    assert reason.startswith("--out: ") and "shares" in reason
+    assert _actor_refusal(RuntimeError("some other failure")) is None
