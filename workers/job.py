@@ -178,8 +178,9 @@ def _run_pool(
     """Yield each shard's record as its actor finishes it (in completion order).
 
     A dead actor is replaced here and its unfinished shards are queued again; shards are
-    idempotent, so a retry writes the same bytes. Replacing (rather than Ray's max_restarts)
-    keeps the model's object-store reference a plain argument that this driver holds.
+    idempotent, so a retry writes the same bytes. Not Ray's max_restarts: a restartable actor
+    whose constructor argument lives in the object store (the model) makes Ray print a warning
+    on every job, and a replacement needs nothing more than the reference this driver holds.
     """
     import ray
     from ray.exceptions import RayActorError
