@@ -403,16 +403,20 @@ def _generate(
             model_ref = ray.put(model)
             t0 = time.monotonic()
             saver = _ManifestSaver(out, manifest)
+            # closing(): on any exception (Ctrl-C included) the pool's actors are killed now,
+            # while Ray is up, not when the generator is collected at exit (that segfaulted).
             try:
-                for record in _run_pool(pending, model_ref, cfg, layout):
-                    add_shard(manifest, record)
-                    saver.save()
-                    _observe(record)
-                    generated += record["rows"]
-                    telemetry.GENERATE_SAMPLES_PER_SECOND.set(
-                        generated / max(time.monotonic() - t0, 1e-9)
-                    )
-                    bar.advance(record["rows"], info=f"{len(manifest['shards'])}/{len(plans)}")
+                with contextlib.closing(_run_pool(pending, model_ref, cfg, layout)) as records:
+                    for record in records:
+                        add_shard(manifest, record)
+                        saver.save()
+                        _observe(record)
+                        generated += record["rows"]
+                        telemetry.GENERATE_SAMPLES_PER_SECOND.set(
+                            generated / max(time.monotonic() - t0, 1e-9)
+                        )
+                        info = f"{len(manifest['shards'])}/{len(plans)}"
+                        bar.advance(record["rows"], info=info)
             except Exception as exc:
                 saver.save(force=True)  # keep every finished shard for --resume
                 telemetry.GENERATE_SHARDS.labels(status="failed").inc()
