@@ -110,6 +110,10 @@ def prometheus(tmp_path: Path) -> Iterator[tuple[str, int]]:
     _stop(proc)
 
 
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _query(prom: str, expr: str) -> float | None:
     body = json.loads(
         _get(f"{prom}/api/v1/query?" + urllib.parse.urlencode({"query": expr}), timeout=10)
@@ -141,7 +145,15 @@ def test_prometheus_scrapes_and_pushgateway_gets_totals(
     # To a file, not a pipe: nobody reads a pipe while the job runs, and a full one blocks it.
     log = tmp_path / "job.log"
     with open(log, "wb") as sink:
-        job = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=sink, stderr=subprocess.STDOUT)
+        job = subprocess.Popen(
+            cmd,
+            env=env,
+            cwd=REPO,
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            # Ctrl-C must reach the job even when this run inherited an ignored SIGINT (`cmd &`).
+            preexec_fn=_default_sigint,
+        )
     seen_partial = False
     try:
         deadline = time.monotonic() + 240
