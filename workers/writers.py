@@ -73,8 +73,9 @@ def _write_atomic(final: Path, data: bytes | memoryview) -> None:
     tmp = _temp_name(final)
     view = memoryview(data)
     with open(tmp, "wb") as fh:
-        # In 1 MiB pieces: one 13 MB write() into a new ext4 file took 28 ms of kernel CPU
-        # here, the same bytes in 1 MiB writes 3 ms (bench/write.py measures it).
+        # In 1 MiB pieces: one 12 MiB write() into a new ext4 file took 28-32 ms of kernel
+        # CPU in some runs here (3-4 ms in others); 1 MiB pieces took 3-5 ms in every run
+        # (bench/write.py).
         for start in range(0, view.nbytes, WRITE_CHUNK):
             fh.write(view[start : start + WRITE_CHUNK])
     os.replace(tmp, final)
