@@ -8,10 +8,9 @@ from __future__ import annotations
 
 import json
 import os
-from pathlib import Path
 from typing import Any
 
-from vaegen.contracts import DECODER_METADATA_KEYS, parse_decoder_metadata
+from vaegen.contracts import DECODER_METADATA_KEYS, load_onnx, parse_decoder_metadata
 from vaegen.errors import VaegenError
 
 REQUIRED_KEYS = DECODER_METADATA_KEYS
@@ -73,12 +72,6 @@ def read_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
     """
     from exporter._deps import require
 
-    onnx = require("onnx")
-    path = Path(path)
-    if not path.is_file():
-        raise VaegenError(f"{path}: no such file")
-    try:
-        proto = onnx.load(str(path), load_external_data=False)
-    except Exception as exc:  # noqa: BLE001 - protobuf raises several unrelated types
-        raise VaegenError(f"{path}: not an ONNX model ({type(exc).__name__})") from None
+    require("onnx")  # an install hint, not a traceback, if it is missing
+    proto = load_onnx(path)
     return parse_metadata({p.key: p.value for p in proto.metadata_props}, where=str(path))

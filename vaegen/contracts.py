@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+from pathlib import Path
 from typing import Any
 
 # decoder.onnx metadata_props: the exporter writes them, the workers and eval read them.
@@ -58,3 +60,21 @@ def parse_decoder_metadata(props: dict[str, str], where: str = "decoder") -> dic
     ):
         raise VaegenError(f"{where}: metadata image_shape must be a JSON list [C, H, W]")
     return out
+
+
+def load_onnx(path: str | os.PathLike[str], missing: str = "no such file"):  # noqa: ANN201
+    """The ONNX model at `path` (onnx.ModelProto, no external data), or VaegenError (exit 2).
+
+    `missing` words the error for an absent file, as each stage's users know it.
+    """
+    import onnx
+
+    from vaegen.errors import VaegenError
+
+    path = Path(path)
+    if not path.is_file():
+        raise VaegenError(f"{path}: {missing}")
+    try:
+        return onnx.load(str(path), load_external_data=False)
+    except Exception as exc:  # noqa: BLE001 - protobuf raises several unrelated types
+        raise VaegenError(f"{path}: not an ONNX model ({type(exc).__name__})") from None

@@ -11,7 +11,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from vaegen.contracts import parse_decoder_metadata
+from vaegen.contracts import load_onnx, parse_decoder_metadata
 from vaegen.errors import VaegenError
 
 
@@ -74,17 +74,11 @@ def _dims(value_info) -> list[int | str | None]:  # noqa: ANN001 - onnx.ValueInf
 
 def read_decoder(path: str | os.PathLike[str]) -> DecoderInfo:
     """Validate `path` as a vaegen decoder and return its metadata, or raise VaegenError."""
-    import onnx
     from onnx import TensorProto
 
     path = Path(path)
     where = str(path)
-    if not path.is_file():
-        raise VaegenError(f"{where}: no such model file")
-    try:
-        model = onnx.load(str(path), load_external_data=False)
-    except Exception as exc:  # noqa: BLE001 - protobuf raises several unrelated types
-        raise VaegenError(f"{where}: not an ONNX model ({type(exc).__name__})") from None
+    model = load_onnx(path, missing="no such model file")
     if len(model.graph.node) == 0:
         raise VaegenError(f"{where}: not an ONNX model (empty graph)")
     meta = parse_decoder_metadata({p.key: p.value for p in model.metadata_props}, where)

@@ -124,7 +124,7 @@ class Decoder:
         return binding.copy_outputs_to_cpu()[0]
 
 
-def generate_shard(decoder: Decoder, plan: ShardPlan, node: dict | None = None) -> dict:
+def generate_shard(decoder: Decoder, plan: ShardPlan, node: dict) -> dict:
     """Make, write and describe one shard. Idempotent: a retry writes the same bytes."""
     cfg = decoder.cfg
     t0 = time.perf_counter()
@@ -153,7 +153,7 @@ def generate_shard(decoder: Decoder, plan: ShardPlan, node: dict | None = None) 
         "seed": plan.seed,
         "class_counts": {str(label): count for label, count in plan.class_counts},
         "provider": decoder.provider,
-        "node": node if node is not None else _node(),
+        "node": node,
         "pid": os.getpid(),
         "decode_seconds": round(t_decode, 6),
         "seconds": round(time.perf_counter() - t0, 6),
