@@ -52,6 +52,36 @@ def test_parquet_raw_round_trip_and_schema(tmp_path: Path) -> None:
     assert np.array_equal(got_images, images)
 
 
+def test_parquet_bytes_match_a_table_built_by_pa_table(tmp_path: Path) -> None:
+    # The writer builds its arrays from buffers (no pandas import); the file must be the very
+    # one pyarrow's own constructors give.
+    import json
+
+    import pyarrow as pa
+
+    for encoding in ("raw", "png"):
+        written, ids, labels, images = _write(tmp_path / encoding, "parquet", encoding)
+        if encoding == "raw":
+            image_col = pa.array([img.tobytes() for img in images], type=pa.binary(64))
+        else:
+            image_col = pa.array([encode_png(img) for img in images], type=pa.binary())
+        meta = {"image_shape": [1, 8, 8], "encoding": encoding, "dtype": "uint8",
+                "class_names": list(NAMES)}  # fmt: skip
+        table = pa.table(
+            {
+                "id": pa.array(ids),
+                "label": pa.array(labels),
+                "label_name": pa.array([NAMES[i] for i in labels]),
+                "image": image_col,
+            }
+        ).replace_schema_metadata({"vaegen": json.dumps(meta)})
+        pq.write_table(
+            table, tmp_path / "ref.parquet", row_group_size=16384, compression="snappy",
+            use_dictionary=["label_name"], write_statistics=["id", "label"],
+        )  # fmt: skip
+        assert written.sha256 == file_digest(tmp_path / "ref.parquet")
+
+
 def test_parquet_and_npz_bytes_are_stable(tmp_path: Path) -> None:
     for fmt in ("parquet", "npz"):
         a, *_ = _write(tmp_path / "a", fmt)
