@@ -13,5 +13,11 @@ class InternalFailure(VaegenError):
     exit_code = 1
 
 
+class ClusterUnavailable(VaegenError):
+    """The Ray cluster lost what a running job needs (no worker can be placed): exit code 1."""
+
+    exit_code = 1
+
+
 class MissingDependency(VaegenError):
     """An optional heavy dependency is not installed; the message carries the install hint."""

@@ -55,12 +55,18 @@ def generate(
     pushgateway: str | None = typer.Option(
         None, "--pushgateway", help="Push the final totals to this Pushgateway (host:port or URL)."
     ),
+    worker_wait: float | None = typer.Option(
+        None,
+        "--worker-wait",
+        help="Seconds to wait with no worker up (a lost node, an autoscaler adding one) "
+        "before failing; finished shards are kept for --resume. Default 600.",
+    ),
     resume: bool = typer.Option(False, "--resume", help="Finish an interrupted job in --out."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing dataset."),
     ray_address: str | None = RAY_ADDRESS_OPTION,
 ) -> None:
     """Generate a labeled dataset from a decoder.onnx on a pool of Ray actors."""
-    from workers.job import run_generation
+    from workers.job import WORKER_WAIT_S, run_generation
     from workers.spec import build_spec, default_batch_size
 
     spec = build_spec(
@@ -86,6 +92,7 @@ def generate(
         metrics_host=metrics_host,
         pushgateway=pushgateway,
         metrics_linger=metrics_linger,
+        worker_wait=WORKER_WAIT_S if worker_wait is None else worker_wait,
     )
     ex = manifest["execution"]
     rate = ex["generated_samples"] / max(ex["seconds"], 1e-9)

@@ -28,7 +28,7 @@ from pathlib import Path
 
 from vaegen import telemetry
 from vaegen.atomic import atomic_path
-from vaegen.errors import VaegenError
+from vaegen.errors import ClusterUnavailable, VaegenError
 from workers.manifest import (
     add_shard,
     check_resumable,
@@ -46,6 +46,9 @@ MAX_CPU_ACTORS = 16  # past this, bigger machines get more ORT threads per actor
 IN_FLIGHT_PER_ACTOR = 2  # the next shard is queued at the actor while it writes this one
 ACTOR_REPLACEMENTS = 3  # per pool slot; a node that keeps killing its actors fails the job
 PUSH_JOB = "vaegen_generate"
+WORKER_WAIT_S = 600.0  # default --worker-wait: room for an autoscaler to bring a node up
+WORKER_WAIT_WARNING_S = 30.0
+WAIT_POLL_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -62,9 +65,17 @@ def _floor3(x: float) -> float:
 
 
 def plan_layout(
-    workers: int | None, gpus_per_worker: float, cpus: float, gpus: float
+    workers: int | None,
+    gpus_per_worker: float,
+    cpus: float,
+    gpus: float,
+    node_cpus: float | None = None,
 ) -> ActorLayout:
-    """Size the actor pool to the cluster's resources, or raise VaegenError if it cannot run."""
+    """Size the actor pool to the cluster's resources, or raise VaegenError if it cannot run.
+
+    `cpus` and `gpus` are the cluster's totals; `node_cpus`, the most CPUs of any one node,
+    caps what one actor reserves (an actor needing more than any node has is never placed).
+    """
     if workers is not None and workers < 1:
         raise VaegenError(f"--workers must be >= 1, got {workers}")
     if gpus_per_worker < 0:
@@ -96,6 +107,9 @@ def plan_layout(
     # one CPU on a 1-CPU node). Threads still use every core.
     spare = cpus - 1 if cpus > 1 else 0.5
     num_cpus = max(0.05, min(float(threads), spare / count))
+    if node_cpus:
+        threads = max(1, min(threads, int(node_cpus)))
+        num_cpus = min(num_cpus, node_cpus)
     return ActorLayout(count, threads, _floor3(num_cpus), 0.0, CPU)
 
 
@@ -173,14 +187,21 @@ def _observe(record: dict) -> None:
 
 
 def _run_pool(
-    pending: list[ShardPlan], model_ref: object, cfg: SamplerConfig, layout: ActorLayout
+    pending: list[ShardPlan],
+    model_ref: object,
+    cfg: SamplerConfig,
+    layout: ActorLayout,
+    worker_wait: float = WORKER_WAIT_S,
 ) -> Iterator[dict]:
     """Yield each shard's record as its actor finishes it (in completion order).
 
-    A dead actor is replaced here and its unfinished shards are queued again; shards are
-    idempotent, so a retry writes the same bytes. Not Ray's max_restarts: a restartable actor
-    whose constructor argument lives in the object store (the model) makes Ray print a warning
-    on every job, and a replacement needs nothing more than the reference this driver holds.
+    An actor is fed shards only once it is up, so one that Ray cannot place (its node was
+    lost, no other node has room) holds none back: the live actors finish the job. A dead
+    actor is replaced here and its unfinished shards are queued again; shards are idempotent,
+    so a retry writes the same bytes. Not Ray's max_restarts: a restartable actor whose
+    constructor argument lives in the object store (the model) makes Ray print a warning on
+    every job, and a replacement needs nothing more than the reference this driver holds.
+    With no actor up for `worker_wait` seconds, the job fails (ClusterUnavailable).
     """
     import ray
     from ray.exceptions import RayActorError
@@ -193,45 +214,90 @@ def _run_pool(
     size = min(layout.workers, len(pending))
     replacements_left = ACTOR_REPLACEMENTS * size
     queue = deque(pending)
-    actors: list = []
+    actors: list = []  # every actor not known dead, up or not
+    up: list = []  # actors whose __init__ finished: the only ones fed
+    starting: dict = {}  # __ray_ready__ ref -> actor
     in_flight: dict = {}  # ObjectRef -> (actor, plan)
+    none_up_since = time.monotonic()
+    warned = False
 
-    def feed(actor: object) -> None:
-        if queue:
-            plan = queue.popleft()
-            in_flight[actor.__call__.remote(plan)] = (actor, plan)
+    def top_up() -> None:
+        for actor in up:
+            load = sum(1 for a, _ in in_flight.values() if a is actor)
+            for _ in range(IN_FLIGHT_PER_ACTOR - load):
+                if not queue:
+                    return
+                plan = queue.popleft()
+                in_flight[actor.__call__.remote(plan)] = (actor, plan)
 
     def start_actor() -> None:
         actor = actor_class.remote(model_ref, cfg)
         actors.append(actor)
-        for _ in range(IN_FLIGHT_PER_ACTOR):
-            feed(actor)
+        starting[actor.__ray_ready__.remote()] = actor
+
+    def replace(actor: object, exc: RayActorError, lost: list[ShardPlan]) -> None:
+        nonlocal replacements_left, none_up_since
+        # A failing __init__ (no CUDA provider, --out not visible) would fail again.
+        if exc.actor_init_failed or replacements_left == 0:
+            raise exc
+        replacements_left -= 1
+        lost += [in_flight.pop(ref)[1] for ref, (a, _) in list(in_flight.items()) if a is actor]
+        queue.extendleft(sorted(lost, key=lambda p: p.index, reverse=True))
+        actors.remove(actor)
+        if actor in up:
+            up.remove(actor)
+            if not up:
+                none_up_since = time.monotonic()
+        start_actor()
+        top_up()  # the live actors take the lost shards now, not after the replacement is up
 
     try:
         for _ in range(size):
             start_actor()
-        while in_flight:
-            [ready], _ = ray.wait(list(in_flight), num_returns=1)
-            actor, plan = in_flight.pop(ready)
-            try:
-                record = ray.get(ready)
-            except RayActorError as exc:
-                # A failing __init__ (no CUDA provider, --out not visible) would fail again.
-                if exc.actor_init_failed or replacements_left == 0:
-                    raise
-                replacements_left -= 1
-                lost = [plan] + [
-                    in_flight.pop(ref)[1] for ref, (a, _) in list(in_flight.items()) if a is actor
-                ]
-                queue.extendleft(sorted(lost, key=lambda p: p.index, reverse=True))
-                actors.remove(actor)
-                start_actor()
+        while queue or in_flight:
+            ready, _ = ray.wait([*in_flight, *starting], num_returns=1, timeout=WAIT_POLL_S)
+            if not ready:
+                if not up:
+                    waited = time.monotonic() - none_up_since
+                    if waited > worker_wait:
+                        raise ClusterUnavailable(
+                            f"{_unplaced(layout, waited)}; finished shards are kept for --resume"
+                        )
+                    if waited > WORKER_WAIT_WARNING_S and not warned:
+                        warned = True
+                        print(f"warning: {_unplaced(layout, waited)}; waiting up to "
+                              f"--worker-wait {worker_wait:g} s", file=sys.stderr)  # fmt: skip
                 continue
-            feed(actor)
+            [ref] = ready
+            if ref in starting:
+                actor = starting.pop(ref)
+                try:
+                    ray.get(ref)
+                except RayActorError as exc:
+                    replace(actor, exc, [])
+                    continue
+                up.append(actor)
+                top_up()
+                continue
+            actor, plan = in_flight.pop(ref)
+            try:
+                record = ray.get(ref)
+            except RayActorError as exc:
+                replace(actor, exc, [plan])
+                continue
+            top_up()
             yield record
     finally:
         for actor in actors:
             ray.kill(actor)
+
+
+def _unplaced(layout: ActorLayout, seconds: float) -> str:
+    need = f"{layout.num_cpus:g} CPU" + (f" + {layout.num_gpus:g} GPU" if layout.num_gpus else "")
+    return (
+        f"no worker has been up for {seconds:.0f} s: Ray cannot place an actor needing {need} "
+        "(a node was lost, or none has room)"
+    )
 
 
 def _actor_refusal(exc: BaseException) -> VaegenError | None:
@@ -281,6 +347,7 @@ def run_generation(
     metrics_linger: float = 0.0,
     show_progress: bool = True,
     io_binding: bool = False,
+    worker_wait: float = WORKER_WAIT_S,
 ) -> dict:
     """Generate the dataset `spec` describes into `out`; returns the final manifest.
 
@@ -291,6 +358,8 @@ def run_generation(
     existing = check_output(out, spec, resume=resume, overwrite=overwrite)
     if metrics_linger < 0:
         raise VaegenError("--metrics-linger must be >= 0")
+    if not worker_wait > 0:
+        raise VaegenError(f"--worker-wait must be > 0 seconds, got {worker_wait:g}")
     plan_layout(workers, gpus_per_worker, 1.0, gpus_per_worker * (workers or 1))  # options only
     if gpus_per_worker > 0 and not (ray_address or os.environ.get("RAY_ADDRESS")):
         # A local run decodes here, so check now; on a cluster each actor checks its node.
@@ -312,13 +381,21 @@ def run_generation(
 
         init_ray(ray_address)
         resources = ray.cluster_resources()
+        node_cpus = max(
+            (n["Resources"].get("CPU", 0.0) for n in ray.nodes() if n.get("Alive")), default=None
+        )
         layout = plan_layout(
-            workers, gpus_per_worker, resources.get("CPU", 1.0), resources.get("GPU", 0.0)
+            workers,
+            gpus_per_worker,
+            resources.get("CPU", 1.0),
+            resources.get("GPU", 0.0),
+            node_cpus=node_cpus,
         )
         _prepare_dir(out, overwrite)
         manifest = _generate(
-            spec, out, existing, model, layout, show_progress, io_binding, pushgateway, ray_address
-        )
+            spec, out, existing, model, layout, show_progress, io_binding, pushgateway,
+            ray_address, worker_wait,
+        )  # fmt: skip
         if server is not None and metrics_linger > 0:
             time.sleep(metrics_linger)  # lets a scraper read the final values
         return manifest
@@ -359,6 +436,7 @@ def _generate(
     io_binding: bool,
     pushgateway: str | None,
     ray_address: str | None,
+    worker_wait: float,
 ) -> dict:
     import ray
 
@@ -406,7 +484,9 @@ def _generate(
             # closing(): on any exception (Ctrl-C included) the pool's actors are killed now,
             # while Ray is up, not when the generator is collected at exit (that segfaulted).
             try:
-                with contextlib.closing(_run_pool(pending, model_ref, cfg, layout)) as records:
+                with contextlib.closing(
+                    _run_pool(pending, model_ref, cfg, layout, worker_wait)
+                ) as records:
                     for record in records:
                         add_shard(manifest, record)
                         saver.save()

@@ -23,6 +23,14 @@ def test_cpu_layout_leaves_a_cpu_for_ray_data(
     assert layout.num_cpus <= layout.threads
 
 
+def test_one_actor_never_needs_more_than_a_node_has() -> None:
+    # Two 2-CPU nodes: one actor gets at most one node's CPUs, or Ray could never place it.
+    layout = plan_layout(1, 0.0, cpus=4, gpus=0.0, node_cpus=2)
+    assert (layout.workers, layout.threads, layout.num_cpus) == (1, 2, 2.0)
+    layout = plan_layout(2, 0.0, cpus=4, gpus=0.0, node_cpus=2)
+    assert (layout.workers, layout.threads, layout.num_cpus) == (2, 2, 1.5)
+
+
 def test_gpu_layout() -> None:
     layout = plan_layout(None, 0.5, cpus=16, gpus=2)
     assert (layout.workers, layout.num_gpus, layout.provider) == (4, 0.5, "CUDAExecutionProvider")
