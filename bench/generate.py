@@ -17,6 +17,7 @@ imports torch and trainer; workers/ never does.
 
     .venv/bin/python bench/generate.py            # full run, several minutes on 2 cores
     .venv/bin/python bench/generate.py --quick    # smoke run, well under a minute of work
+    .venv/bin/python bench/generate.py --gpus-per-worker 1   # CUDA: ORT loop, torch on cuda, job
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from workers.spec import DEFAULT_BATCH_SIZE  # noqa: E402 - after the path is set
+from workers.spec import default_batch_size  # noqa: E402 - after the path is set
 
 LATENT, CLASSES, SHAPE = 16, 10, (1, 28, 28)
 
@@ -84,7 +85,9 @@ def parity(module, onnx_path: Path) -> int:  # noqa: ANN001
     return int(np.abs(got.astype(int) - ref.astype(int)).max())
 
 
-def raw_ort_loop(onnx_path: Path, n: int, batch: int, threads: int = 0) -> float:
+def raw_ort_loop(
+    onnx_path: Path, n: int, batch: int, threads: int = 0, provider: str = "CPUExecutionProvider"
+) -> float:
     """samples/s of the plainest ORT loop: draw inputs, session.run, keep nothing.
 
     threads=0 is onnxruntime's default (one per core), what a user's script gets.
@@ -93,7 +96,7 @@ def raw_ort_loop(onnx_path: Path, n: int, batch: int, threads: int = 0) -> float
 
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
-    sess = ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
+    sess = ort.InferenceSession(str(onnx_path), opts, providers=[provider])
     rng = np.random.default_rng(0)
     sess.run(["image"], {"z": np.zeros((8, LATENT), np.float32), "y": np.zeros(8, np.int64)})
     t0 = time.perf_counter()
@@ -105,7 +108,7 @@ def raw_ort_loop(onnx_path: Path, n: int, batch: int, threads: int = 0) -> float
     return n / (time.perf_counter() - t0)
 
 
-def torch_script(module, n: int, batch: int, out: Path) -> float:  # noqa: ANN001
+def torch_script(module, n: int, batch: int, out: Path, device: str = "cpu") -> float:  # noqa: ANN001
     """samples/s of the script a user would write: torch decoder calls + parquet writes."""
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -117,14 +120,15 @@ def torch_script(module, n: int, batch: int, out: Path) -> float:  # noqa: ANN00
          ("image", pa.binary(width))]
     )  # fmt: skip
     names = np.array([str(i) for i in range(CLASSES)], dtype=object)
+    module = module.to(device)
     t0 = time.perf_counter()
     with torch.no_grad(), pq.ParquetWriter(out, schema) as writer:
         for start in range(0, n, batch):
             b = min(batch, n - start)
-            z = torch.randn(b, LATENT)
-            y = torch.randint(0, CLASSES, (b,))
-            img = (module.decode(z, y) * 255).round().clamp(0, 255).to(torch.uint8).numpy()
-            labels = y.numpy()
+            z = torch.randn(b, LATENT, device=device)
+            y = torch.randint(0, CLASSES, (b,), device=device)
+            img = (module.decode(z, y) * 255).round().clamp(0, 255).to(torch.uint8).cpu().numpy()
+            labels = y.cpu().numpy()
             table = pa.table(
                 {
                     "id": pa.array(np.arange(start, start + b)),
@@ -137,6 +141,7 @@ def torch_script(module, n: int, batch: int, out: Path) -> float:  # noqa: ANN00
                 schema=schema,
             )
             writer.write_table(table)
+    module.to("cpu")
     return n / (time.perf_counter() - t0)
 
 
@@ -186,7 +191,9 @@ class TreeRss:
         self._thread.join()
 
 
-def cli_peak_rss(onnx_path: Path, n: int, out: Path, batch: int, workers: int | None):  # noqa: ANN201
+def cli_peak_rss(  # noqa: ANN201
+    onnx_path: Path, n: int, out: Path, batch: int, workers: int | None, gpus: float
+):
     """Run `python -m workers` (= `vaegen generate`) in a fresh process; sample its tree."""
     import subprocess
 
@@ -195,6 +202,7 @@ def cli_peak_rss(onnx_path: Path, n: int, out: Path, batch: int, workers: int | 
     cmd = [sys.executable, "-m", "workers", str(onnx_path), "-n", str(n), "--out", str(out),
            "--batch-size", str(batch)]  # fmt: skip
     cmd += ["--workers", str(workers)] if workers else []
+    cmd += ["--gpus-per-worker", str(gpus)] if gpus else []
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     env.pop("RAY_ADDRESS", None)
     t0 = time.perf_counter()
@@ -209,7 +217,7 @@ def cli_peak_rss(onnx_path: Path, n: int, out: Path, batch: int, workers: int | 
 
 
 def run_job(
-    onnx_path: Path, n: int, out: Path, batch: int, workers: int | None
+    onnx_path: Path, n: int, out: Path, batch: int, workers: int | None, gpus: float = 0.0
 ) -> tuple[float, dict]:
     from workers.job import run_generation
     from workers.spec import build_spec
@@ -218,7 +226,7 @@ def run_job(
     if out.exists():
         shutil.rmtree(out)
     t0 = time.perf_counter()
-    manifest = run_generation(spec, out, workers=workers, show_progress=False)
+    manifest = run_generation(spec, out, workers=workers, gpus_per_worker=gpus, show_progress=False)
     return n / (time.perf_counter() - t0), manifest
 
 
@@ -226,12 +234,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="small N: a smoke run")
     parser.add_argument("--samples", type=int, default=None, help="N for the throughput runs")
-    parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE, help="both loops")
+    parser.add_argument("--batch-size", type=int, default=None, help="all loops (1024; GPU 8192)")
+    parser.add_argument(
+        "--gpus-per-worker", type=float, default=0.0, help="> 0: every loop on CUDA"
+    )
     parser.add_argument("--workers", type=int, default=None, help="actors (default: auto)")
     parser.add_argument("--rounds", type=int, default=None, help="rounds of the 3 loops (3)")
     parser.add_argument("--skip-rss", action="store_true", help="skip the 200k/2M RSS runs")
     parser.add_argument("--workdir", type=Path, default=None, help="scratch folder")
     args = parser.parse_args()
+    gpu = args.gpus_per_worker > 0
+    args.batch_size = args.batch_size or default_batch_size(args.gpus_per_worker)
     n = args.samples or (50_000 if args.quick else 1_000_000)
     args.rounds = args.rounds or (1 if args.quick else 3)
     rss_sizes = (20_000, 200_000) if args.quick else (200_000, 2_000_000)
@@ -243,6 +256,14 @@ def main() -> None:
 
     from vaegen.raycluster import init_ray
 
+    if gpu:
+        ort.preload_dlls()  # onnxruntime-gpu finds the CUDA/cuDNN libraries of the nvidia wheels
+        if "CUDAExecutionProvider" not in ort.get_available_providers():
+            raise SystemExit("--gpus-per-worker: this onnxruntime has no CUDAExecutionProvider")
+        if not torch.cuda.is_available():
+            raise SystemExit("--gpus-per-worker: torch sees no CUDA device")
+    provider = "CUDAExecutionProvider" if gpu else "CPUExecutionProvider"
+    device = "cuda" if gpu else "cpu"
     work = args.workdir or Path(tempfile.mkdtemp(prefix="vaegen-bench-"))
     work.mkdir(parents=True, exist_ok=True)
     print(f"machine: {os.cpu_count()} CPUs; onnxruntime {ort.__version__}, torch "
@@ -254,7 +275,7 @@ def main() -> None:
     print(f"decoder: trainer CVAE MLP, latent {LATENT} + {CLASSES} classes -> hidden "
           f"{tuple(reversed(module.cfg.hidden_dims))} -> {SHAPE}; ONNX by {how}; torch vs ORT "
           f"max pixel diff {parity(module, onnx_path)}")  # fmt: skip
-    print(f"N = {n:,} samples, batch {args.batch_size}, raw uint8 parquet")
+    print(f"N = {n:,} samples, batch {args.batch_size}, raw uint8 parquet, {provider} / {device}")
 
     t0 = time.perf_counter()
     init_ray()
@@ -263,9 +284,13 @@ def main() -> None:
     # compare medians. Every round's job starts its own actor pool (the CLI's cost).
     rates: dict[str, list[float]] = {"raw": [], "torch": [], "job": []}
     for round_ in range(1, args.rounds + 1):
-        rates["raw"].append(raw_ort_loop(onnx_path, n, args.batch_size))
-        rates["torch"].append(torch_script(module, n, args.batch_size, work / "torch.parquet"))
-        rate, manifest = run_job(onnx_path, n, work / "ds", args.batch_size, args.workers)
+        rates["raw"].append(raw_ort_loop(onnx_path, n, args.batch_size, provider=provider))
+        rates["torch"].append(
+            torch_script(module, n, args.batch_size, work / "torch.parquet", device)
+        )
+        rate, manifest = run_job(
+            onnx_path, n, work / "ds", args.batch_size, args.workers, args.gpus_per_worker
+        )
         rates["job"].append(rate)
         shutil.rmtree(work / "ds")
         print(f"round {round_}: raw ORT {rates['raw'][-1]:9,.0f}  torch script "
@@ -282,13 +307,15 @@ def main() -> None:
           f"{manifest['num_shards']} shards)")  # fmt: skip
     print(f"  job / raw ORT loop, median of rounds: {vs_raw:5.2f}   (target >= 0.8)")
     print(f"  job / torch script, median of rounds: {vs_torch:5.2f}   (target >= 1.5)")
-    # What no engine can beat here: every core decoding at one ORT thread's rate (the most
-    # efficient layout, the job's), with nothing else to do: no writes, no hashing, no Ray.
-    ceiling = raw_ort_loop(onnx_path, max(n // 4, 50_000), args.batch_size, threads=1)
-    ceiling *= os.cpu_count() or 1
-    print(f"  decode-only ceiling ({os.cpu_count()} cores x 1-thread ORT loop): {ceiling:10,.0f}"
-          f"  = {ceiling / med['torch']:4.2f} x torch script; job = {med['job'] / ceiling:4.2f}"
-          " of it")  # fmt: skip
+    if not gpu:
+        # What no engine can beat here: every core decoding at one ORT thread's rate (the most
+        # efficient layout, the job's), with nothing else to do: no writes, no hashing, no Ray.
+        # (On a GPU the raw CUDA loop above is that ceiling.)
+        ceiling = raw_ort_loop(onnx_path, max(n // 4, 50_000), args.batch_size, threads=1)
+        ceiling *= os.cpu_count() or 1
+        print(f"  decode-only ceiling ({os.cpu_count()} cores x 1-thread ORT loop): "
+              f"{ceiling:10,.0f}  = {ceiling / med['torch']:4.2f} x torch script; job = "
+              f"{med['job'] / ceiling:4.2f} of it")  # fmt: skip
     if args.quick:
         print("  (--quick: at this N the pool's start-up weighs more; the targets are for 1M)")
 
@@ -297,7 +324,9 @@ def main() -> None:
     if not args.skip_rss:
         peaks = []
         for size in rss_sizes:
-            rss, r = cli_peak_rss(onnx_path, size, work / "ds", args.batch_size, args.workers)
+            rss, r = cli_peak_rss(
+                onnx_path, size, work / "ds", args.batch_size, args.workers, args.gpus_per_worker
+            )
             peaks.append(rss.peak)
             top = sorted(rss.peak_detail.items(), key=lambda kv: -kv[1])[:4]
             print(f"peak RSS of `vaegen generate` (driver + its Ray), {size:>9,} samples: "

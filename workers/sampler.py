@@ -63,6 +63,10 @@ def make_session(model: bytes, *, gpu: bool, threads: int):  # noqa: ANN201 - or
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     opts.log_severity_level = 3  # ORT warnings go to the worker log, not the user
     if gpu:
+        if hasattr(ort, "preload_dlls"):  # onnxruntime >= 1.21
+            # CUDA and cuDNN from the nvidia-* wheels: without this the provider finds them
+            # only when torch happened to be imported first, which workers never do.
+            ort.preload_dlls()
         if CUDA not in ort.get_available_providers():
             raise ProviderUnavailable(
                 f"onnxruntime on {socket.gethostname()} has no {CUDA} "
