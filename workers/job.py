@@ -21,7 +21,7 @@ import shutil
 import sys
 import tempfile
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -222,9 +222,9 @@ def _run_pool(
     warned = False
 
     def top_up() -> None:
+        load = Counter(id(a) for a, _ in in_flight.values())  # one pass, not one per actor
         for actor in up:
-            load = sum(1 for a, _ in in_flight.values() if a is actor)
-            for _ in range(IN_FLIGHT_PER_ACTOR - load):
+            for _ in range(IN_FLIGHT_PER_ACTOR - load[id(actor)]):
                 if not queue:
                     return
                 plan = queue.popleft()
