@@ -1,7 +1,7 @@
 """`run_generation`: plan a job, run it on a pool of Ray actors, keep the manifest current.
 
-Each actor runs a `ShardGenerator` (one onnxruntime session, built once) and is fed one shard
-plan at a time, two in flight so it never waits on the driver. Actors write their shard files
+Each actor runs a `ShardGenerator` (one onnxruntime session, built once) and, once it is up, is
+fed shard plans two at a time, so it never waits on the driver. Actors write their shard files
 themselves; only small records flow back, and the driver folds them, in completion order, into
 the manifest, the metrics and the progress bar. Peak memory therefore depends on the shard size,
 never on --num-samples.
