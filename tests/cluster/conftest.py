@@ -114,6 +114,19 @@ class RayNodes:
             text=True,
         )  # fmt: skip
 
+    @staticmethod
+    def finish(proc: subprocess.Popen, timeout: float = 300) -> tuple[int, str]:
+        """(exit code, stderr) of a `generate`; a job still running at `timeout` is killed."""
+        try:
+            _, stderr = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()  # SIGKILL: the driver's Ray handles SIGTERM and can hang in it
+            _, stderr = proc.communicate()
+            raise AssertionError(
+                f"generate still running after {timeout} s: {stderr[-3000:]}"
+            ) from None
+        return proc.returncode, stderr
+
     def close(self) -> None:
         for proc in reversed(self.procs):
             self.stop(proc)

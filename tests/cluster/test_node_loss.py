@@ -34,6 +34,7 @@ def _wait_for_shards(out: Path, count: int, proc, timeout: float = 120) -> dict:
             return manifest
         assert proc.poll() is None, proc.communicate()[1][-3000:]
         time.sleep(0.1)
+    proc.kill()
     raise AssertionError(f"{out} never had {count} shards")
 
 
@@ -57,8 +58,7 @@ def _lose_node_mid_job(cluster, decoder: Path, out: Path, node_cpus: int, *args:
     proc = cluster.generate(decoder, out, *args, env={"VAEGEN_TEST_SHARD_DELAY": "0.5"})
     _wait_for_shards(out, 2, proc)
     cluster.stop(node)
-    _, stderr = proc.communicate(timeout=300)
-    return proc.returncode, stderr
+    return cluster.finish(proc)
 
 
 def test_live_actors_finish_when_a_lost_node_cannot_be_replaced(
@@ -93,7 +93,7 @@ def test_no_placeable_worker_fails_after_worker_wait_and_resumes(
     assert 2 <= len(kept) < 16
     # The head alone can finish it: one actor of 1 CPU there.
     proc = cluster.generate(decoder, out, "--workers", "1", "--resume")
-    _, stderr = proc.communicate(timeout=300)
-    assert proc.returncode == 0, stderr[-3000:]
+    returncode, stderr = cluster.finish(proc)
+    assert returncode == 0, stderr[-3000:]
     manifest = _check_complete(out)
     assert {s["sha256"] for s in kept} <= {s["sha256"] for s in manifest["shards"]}

@@ -29,8 +29,8 @@ def test_generate_spreads_over_two_nodes(cluster, tmp_path: Path, decoder: Path)
     # Actors are fed once they are up; slow shards keep the second node's actor from finding
     # the job already done.
     proc = cluster.generate(decoder, out, "--workers", "2", env={"VAEGEN_TEST_SHARD_DELAY": "0.3"})
-    _, stderr = proc.communicate(timeout=300)
-    assert proc.returncode == 0, stderr[-3000:]
+    returncode, stderr = cluster.finish(proc)
+    assert returncode == 0, stderr[-3000:]
     manifest = json.loads((out / "manifest.json").read_text())
     shards = manifest["shards"]
     assert sum(s["rows"] for s in shards) == 4000
@@ -43,8 +43,8 @@ def test_gpu_actor_without_cuda_provider_exits_2(cluster, tmp_path: Path, decode
     # fall back to the CPU provider, and the driver must turn that into exit 2.
     out = tmp_path / "dataset"
     proc = cluster.generate(decoder, out, "--gpus-per-worker", "1")
-    _, stderr = proc.communicate(timeout=300)
-    assert proc.returncode == 2, stderr[-3000:]
+    returncode, stderr = cluster.finish(proc)
+    assert returncode == 2, stderr[-3000:]
     [line] = stderr.strip().splitlines()  # one line: no traceback, no Ray log noise
     assert line.startswith("error: --gpus-per-worker:") and "CUDAExecutionProvider" in line
     assert not list(out.glob("part-*"))
