@@ -214,7 +214,6 @@ def _run_pool(
     size = min(layout.workers, len(pending))
     replacements_left = ACTOR_REPLACEMENTS * size
     queue = deque(pending)
-    actors: list = []  # every actor not known dead, up or not
     up: list = []  # actors whose __init__ finished: the only ones fed
     starting: dict = {}  # __ray_ready__ ref -> actor
     in_flight: dict = {}  # ObjectRef -> (actor, plan)
@@ -232,7 +231,6 @@ def _run_pool(
 
     def start_actor() -> None:
         actor = actor_class.remote(model_ref, cfg)
-        actors.append(actor)
         starting[actor.__ray_ready__.remote()] = actor
 
     def replace(actor: object, exc: RayActorError, lost: list[ShardPlan]) -> None:
@@ -243,7 +241,6 @@ def _run_pool(
         replacements_left -= 1
         lost += [in_flight.pop(ref)[1] for ref, (a, _) in list(in_flight.items()) if a is actor]
         queue.extendleft(sorted(lost, key=lambda p: p.index, reverse=True))
-        actors.remove(actor)
         if actor in up:
             up.remove(actor)
             if not up:
@@ -288,7 +285,7 @@ def _run_pool(
             top_up()
             yield record
     finally:
-        for actor in actors:
+        for actor in [*up, *starting.values()]:  # every actor not known dead
             ray.kill(actor)
 
 
