@@ -1,0 +1,202 @@
+"""One writer per output directory, on local disks and on shared file systems alike.
+
+`flock`/`fcntl` locks are advisory and not honoured by every NFS, EFS or CephFS mount, so the lock
+is a file created with O_CREAT | O_EXCL (atomic on local disks, NFSv3+, EFS and CephFS). It holds
+the holder's host, pid, process start time and a random token. While the job runs, a daemon
+thread touches the file every `heartbeat_s` seconds and checks the token is still its own.
+
+A lock left by a killed job is taken over without a manual step:
+- on the same host, at once, when the recorded process is gone (pid and start time checked, so a
+  reused pid does not keep a dead job's lock);
+- from another host, once the heartbeat is older than `stale_s` (the holder's machine is gone or
+  the process was SIGKILLed; a live holder touches the file far more often than that).
+The takeover renames the stale file to a unique name first (one rename wins), checks that it took
+the stale holder's file and not a fresh lock, then creates its own.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import json
+import os
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from vaegen.errors import VaegenError
+
+LOCK_NAME = ".vaegen.lock"
+HEARTBEAT_S = 5.0
+STALE_S = 60.0
+
+
+class DirectoryLocked(VaegenError):
+    """Another job writes this directory: exit 2, naming the holder."""
+
+
+@dataclass(frozen=True)
+class LockHolder:
+    host: str
+    pid: int
+    started: str  # ISO time the lock was taken
+    command: str
+    token: str
+    proc_start: str = ""  # the process's start time as the OS records it (pid reuse check)
+
+    def describe(self) -> str:
+        return f"{self.command} (host {self.host}, pid {self.pid}, since {self.started})"
+
+
+def _proc_start(pid: int) -> str:
+    """The process start time in clock ticks since boot (Linux), or "" where unknown."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return ""
+    # Field 22, counted after the parenthesised command name (which may hold spaces).
+    return stat.rsplit(")", 1)[1].split()[19]
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _read_holder(path: Path) -> LockHolder | None:
+    try:
+        data = json.loads(path.read_text())
+        return LockHolder(**data)
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, TypeError):
+        # Half-written by a holder killed while creating it: a lock nobody can own.
+        return LockHolder("?", -1, "?", "?", token="", proc_start="")
+
+
+def _is_stale(path: Path, holder: LockHolder, stale_s: float) -> bool:
+    if holder.host == socket.gethostname() and holder.pid > 0:
+        if not _pid_alive(holder.pid):
+            return True
+        return bool(holder.proc_start) and _proc_start(holder.pid) != holder.proc_start
+    try:
+        age = time.time() - path.stat().st_mtime
+    except FileNotFoundError:
+        return True
+    return age > stale_s
+
+
+def _create(path: Path, holder: LockHolder) -> bool:
+    try:
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+    except FileExistsError:
+        return False
+    with os.fdopen(fd, "w") as handle:
+        json.dump(asdict(holder), handle)
+        handle.flush()
+        os.fsync(handle.fileno())
+    return True
+
+
+def _take_over(path: Path, stale: LockHolder) -> None:
+    """Move a stale lock aside; if the file moved was in fact a fresh one, put it back."""
+    aside = path.with_name(f"{LOCK_NAME}.stale.{uuid.uuid4().hex}")
+    try:
+        os.rename(path, aside)
+    except FileNotFoundError:
+        return  # another job took it over first; our O_EXCL create decides who wins
+    moved = _read_holder(aside)
+    if moved is not None and moved.token != stale.token:
+        with contextlib.suppress(FileExistsError):
+            os.link(aside, path)
+    aside.unlink(missing_ok=True)
+
+
+class DirLock:
+    """The lock on one directory; use `hold_directory` rather than this class directly."""
+
+    def __init__(self, directory: Path, command: str, heartbeat_s: float, stale_s: float) -> None:
+        self.path = directory / LOCK_NAME
+        self.heartbeat_s = heartbeat_s
+        self.stale_s = stale_s
+        self.holder = LockHolder(
+            host=socket.gethostname(),
+            pid=os.getpid(),
+            started=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+            command=command,
+            token=uuid.uuid4().hex,
+            proc_start=_proc_start(os.getpid()),
+        )
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.lost = False
+
+    def acquire(self) -> None:
+        for _ in range(3):
+            if _create(self.path, self.holder):
+                self._start_heartbeat()
+                return
+            current = _read_holder(self.path)
+            if current is None:
+                continue
+            if current.token == self.holder.token:
+                return
+            if not _is_stale(self.path, current, self.stale_s):
+                raise DirectoryLocked(
+                    f"{self.path.parent} is in use by {current.describe()}; wait for it to end"
+                )
+            _take_over(self.path, current)
+        raise DirectoryLocked(f"{self.path.parent}: could not take its lock (contended)")
+
+    def _start_heartbeat(self) -> None:
+        self._thread = threading.Thread(target=self._beat, name="vaegen-dirlock", daemon=True)
+        self._thread.start()
+
+    def _beat(self) -> None:
+        while not self._stop.wait(self.heartbeat_s):
+            current = _read_holder(self.path)
+            if current is None or current.token != self.holder.token:
+                self.lost = True  # taken over: the job is told at release; never re-create
+                return
+            with contextlib.suppress(OSError):
+                os.utime(self.path, None)
+
+    def release(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=self.heartbeat_s + 1)
+        current = _read_holder(self.path)
+        if current is not None and current.token == self.holder.token:
+            self.path.unlink(missing_ok=True)
+        else:
+            self.lost = True
+
+
+@contextlib.contextmanager
+def hold_directory(
+    directory: str | os.PathLike[str],
+    command: str,
+    heartbeat_s: float = HEARTBEAT_S,
+    stale_s: float = STALE_S,
+) -> Iterator[DirLock]:
+    """Create `directory` if needed and hold its lock for the body; DirectoryLocked if busy."""
+    directory = Path(directory)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise VaegenError(f"cannot create {directory}: {exc.strerror or exc}") from None
+    lock = DirLock(directory, command, heartbeat_s, stale_s)
+    lock.acquire()
+    try:
+        yield lock
+    finally:
+        lock.release()
