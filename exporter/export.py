@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from exporter._deps import require
-from exporter.graph import OPSET, check_signature, export_onnx
+from exporter.graph import OPSET, check_graph, check_signature, export_onnx
 from exporter.metadata import attach_metadata, build_metadata, read_metadata
 from exporter.optimize import save_optimized
 from exporter.parity import (
@@ -84,11 +84,7 @@ def _publish_mode(path: Path) -> None:
 
 
 def _verify(path: Path, model: Any, label: str, tolerance: Tolerance) -> ParityReport:
-    onnx = require("onnx")
-    try:
-        onnx.checker.check_model(str(path), full_check=True)
-    except onnx.checker.ValidationError as exc:
-        raise InternalFailure(f"the {label} export fails the ONNX checker: {exc}") from exc
+    check_graph(path, label)
     report = check_parity(model, path, tolerance, label=label)
     if not report.passed:
         raise InternalFailure(f"{report.summary()}; nothing was written")

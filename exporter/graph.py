@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import io
+import os
 import warnings
 from typing import Any
 
@@ -94,7 +95,39 @@ def export_onnx(model: Any, fp16: bool = False) -> Any:
             raise InternalFailure(f"torch.onnx.export failed: {type(exc).__name__}: {exc}") from exc
     proto = program.model_proto
     _strip_trace_metadata(proto)
+    drop_initializer_value_info(proto)
     return proto
+
+
+def drop_initializer_value_info(proto: Any) -> None:
+    """Drop value_info entries that describe initializers (the exporter writes one per weight).
+
+    An initializer carries its own shape, so such an entry only repeats it, until a tool rewrites
+    the weight under the same name: onnxruntime's quantizer turns Gemm(transB=1) into MatMul
+    with the weight transposed in place, and onnx shape inference then stops on the stale entry
+    ("Inferred shape and existing shape differ in dimension 0"). The entries of intermediate
+    values stay: they keep the symbolic `batch` axis that re-inference would lose at Reshape.
+    """
+    names = {t.name for t in proto.graph.initializer}
+    keep = [v for v in proto.graph.value_info if v.name not in names]
+    del proto.graph.value_info[:]
+    proto.graph.value_info.extend(keep)
+
+
+def check_graph(path: str | os.PathLike[str], label: str) -> None:
+    """The file passes onnx's full checker and strict shape inference, and holds no value_info
+    for an initializer (see drop_initializer_value_info); InternalFailure otherwise."""
+    onnx = require("onnx")
+    proto = onnx.load(str(path))
+    try:
+        onnx.checker.check_model(proto, full_check=True)
+        onnx.shape_inference.infer_shapes(proto, check_type=True, strict_mode=True)
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
+        raise InternalFailure(f"the {label} export fails the ONNX checker: {exc}") from exc
+    names = {t.name for t in proto.graph.initializer}
+    stale = sorted(v.name for v in proto.graph.value_info if v.name in names)
+    if stale:
+        raise InternalFailure(f"the {label} export has value_info for initializers: {stale[:3]}")
 
 
 def _strip_trace_metadata(proto: Any) -> None:
