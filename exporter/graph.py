@@ -31,7 +31,11 @@ _TRACE_BATCH = 3
 
 
 def quantize(mean: torch.Tensor) -> torch.Tensor:
-    """uint8 pixels: round half to even (as ONNX Round), clip, then cast."""
+    """uint8 pixels: round half to even (as ONNX Round), clip, then cast.
+
+    vaegen.contracts.quantize defines the pixel; this is the same function in torch ops, since
+    the export traces torch into the graph (numpy code cannot be traced).
+    """
     return torch.clamp(torch.round(mean * 255.0), 0.0, 255.0).to(torch.uint8)
 
 

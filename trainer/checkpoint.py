@@ -6,7 +6,6 @@ that is not safetensors (a pickle, a zip, a truncated header) is refused before 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import struct
 from dataclasses import dataclass
@@ -15,6 +14,7 @@ from typing import Any
 
 from vaegen import __version__
 from vaegen.atomic import atomic_path, write_json_atomic
+from vaegen.contracts import sha256_file
 from vaegen.errors import VaegenError
 
 WEIGHTS_FILE = "model.safetensors"
@@ -46,14 +46,6 @@ def model_dir_of(path: str | Path) -> Path:
     if (path / "model").is_dir():
         return path / "model"
     return path
-
-
-def sha256_file(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _check_safetensors_file(path: Path) -> None:

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import numpy as np
 
 # decoder.onnx metadata_props: the exporter writes them, the workers and eval read them.
 DECODER_METADATA_KEYS: tuple[str, ...] = (
@@ -78,3 +82,27 @@ def load_onnx(path: str | os.PathLike[str], missing: str = "no such file"):  # n
         return onnx.load(str(path), load_external_data=False)
     except Exception as exc:  # noqa: BLE001 - protobuf raises several unrelated types
         raise VaegenError(f"{path}: not an ONNX model ({type(exc).__name__})") from None
+
+
+def sha256_file(path: str | os.PathLike[str]) -> str:
+    """The hex sha256 of a file, read in 1 MiB blocks: how every artifact is identified
+    (the weights in config.json, the decoder in its metadata and a dataset's manifest, shards).
+    """
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def quantize(mean: np.ndarray) -> np.ndarray:
+    """Decoder mean in [0, 1] -> uint8 pixels: 255 * mean, rounded half to even, clipped.
+
+    The one definition of a vaegen pixel. decoder.onnx computes it in its graph
+    (exporter.graph.quantize: Mul, Round, Clip, Cast, the same function written in torch ops,
+    since ONNX export traces torch); eval uses this for images it decodes itself. Rounding and
+    clipping to the integers 0 and 255 commute, so either order gives the same bytes.
+    """
+    import numpy as np
+
+    return np.clip(np.rint(mean * 255.0), 0.0, 255.0).astype(np.uint8)

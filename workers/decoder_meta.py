@@ -6,12 +6,11 @@ file in milliseconds and before anything is written.
 
 from __future__ import annotations
 
-import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from vaegen.contracts import load_onnx, parse_decoder_metadata
+from vaegen.contracts import load_onnx, parse_decoder_metadata, sha256_file
 from vaegen.errors import VaegenError
 
 
@@ -49,14 +48,6 @@ class DecoderInfo:
             "vaegen_version": self.vaegen_version,
             "source_sha256": self.source_sha256,
         }
-
-
-def file_sha256(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _dims(value_info) -> list[int | str | None]:  # noqa: ANN001 - onnx.ValueInfoProto
@@ -120,7 +111,7 @@ def read_decoder(path: str | os.PathLike[str]) -> DecoderInfo:
         )
     return DecoderInfo(
         path=str(path.resolve()),
-        sha256=file_sha256(path),
+        sha256=sha256_file(path),
         latent_dim=latent_dim,
         num_classes=num_classes,
         class_names=tuple(class_names),

@@ -6,8 +6,9 @@ from pathlib import Path
 
 import pytest
 
+from vaegen.contracts import sha256_file
 from vaegen.errors import VaegenError
-from workers.decoder_meta import file_sha256, read_decoder
+from workers.decoder_meta import read_decoder
 
 
 def test_reads_cvae_metadata(cvae_onnx: Path) -> None:
@@ -15,7 +16,7 @@ def test_reads_cvae_metadata(cvae_onnx: Path) -> None:
     assert info.conditional and info.num_classes == 10
     assert info.latent_dim == 8 and info.image_shape == (1, 8, 8) and info.image_bytes == 64
     assert info.class_names[3] == "c3"
-    assert info.sha256 == file_sha256(cvae_onnx) and len(info.sha256) == 64
+    assert info.sha256 == sha256_file(cvae_onnx) and len(info.sha256) == 64
 
 
 def test_reads_vae_metadata(vae_onnx: Path) -> None:
