@@ -220,13 +220,15 @@ def run_job(
     onnx_path: Path, n: int, out: Path, batch: int, workers: int | None, gpus: float = 0.0
 ) -> tuple[float, dict]:
     from workers.job import run_generation
+    from workers.options import GenerateOptions
     from workers.spec import build_spec
 
     spec = build_spec(str(onnx_path), n, batch_size=batch)
     if out.exists():
         shutil.rmtree(out)
     t0 = time.perf_counter()
-    manifest = run_generation(spec, out, workers=workers, gpus_per_worker=gpus, show_progress=False)
+    options = GenerateOptions(workers=workers, gpus_per_worker=gpus, show_progress=False)
+    manifest = run_generation(spec, out, options)
     return n / (time.perf_counter() - t0), manifest
 
 

@@ -148,6 +148,7 @@ def _run_export(cfg: PipelineConfig, ray_address: str | None) -> str:
 
 def _run_generate(cfg: PipelineConfig, ray_address: str | None) -> str:
     from workers.job import run_generation
+    from workers.options import GenerateOptions
     from workers.spec import build_spec, default_batch_size
 
     options = dict(cfg.generate)
@@ -156,9 +157,8 @@ def _run_generate(cfg: PipelineConfig, ray_address: str | None) -> str:
     spec_kwargs.setdefault("batch_size", default_batch_size(options.get("gpus_per_worker", 0.0)))
     num_samples = spec_kwargs.pop("num_samples")
     spec = build_spec(str(cfg.onnx_path), num_samples, **spec_kwargs)
-    manifest = run_generation(
-        spec, cfg.dataset_dir, overwrite=True, ray_address=ray_address, **options
-    )
+    run_options = GenerateOptions(overwrite=True, ray_address=ray_address, **options)
+    manifest = run_generation(spec, cfg.dataset_dir, run_options)
     return f"{manifest['num_rows']} samples in {len(manifest['shards'])} shards"
 
 

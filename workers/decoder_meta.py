@@ -32,11 +32,6 @@ class DecoderInfo:
     def conditional(self) -> bool:
         return self.num_classes > 0
 
-    @property
-    def image_bytes(self) -> int:
-        c, h, w = self.image_shape
-        return c * h * w
-
     def to_json(self) -> dict:
         return {
             "sha256": self.sha256,

@@ -4,7 +4,7 @@ Format (manifest_version 1)::
 
     {
       "kind": "vaegen-dataset", "manifest_version": 1, "vaegen_version": "0.1.0",
-      "complete": false,                 # true once every shard is written and verified
+      "complete": false,                 # true once every shard is written
       "spec": {"model_sha256", "num_samples", "class_counts": {"LABEL": n}, "seed",
                "shard_size", "batch_size", "format", "encoding"},   # resume must match this
       "model": {"path", "sha256", "latent_dim", "num_classes", "class_names", "image_shape",
@@ -28,37 +28,65 @@ reproduces its stream: numpy.random.Generator(numpy.random.Philox(seed)).
 from __future__ import annotations
 
 import bisect
-import json
+import dataclasses
+import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from vaegen import __version__
-from vaegen.atomic import atomic_path
+from vaegen.atomic import write_json_atomic
+from vaegen.contracts import sha256_file
+from vaegen.dataset_format import IMAGE_DTYPE, MANIFEST, MANIFEST_KIND, MANIFEST_VERSION
 from vaegen.errors import VaegenError
 from workers.spec import JobSpec, ShardPlan, shard_label_sequence
-from workers.writers import file_digest, imagefolder_digest
+from workers.writers import imagefolder_digest
 
-MANIFEST = "manifest.json"
-MANIFEST_VERSION = 1
-KIND = "vaegen-dataset"
-# Kept in the manifest but not copied from the record: per-batch timings are for metrics.
-_RECORD_KEYS = (
-    "index", "file", "rows", "first_id", "sha256", "bytes", "seed", "class_counts",
-    "provider", "node", "pid", "seconds",
-)  # fmt: skip
+
+@dataclass(frozen=True)
+class ShardRecord:
+    """What an actor returns for the shard it wrote: a manifest entry, plus its batch timings."""
+
+    index: int
+    file: str | None
+    rows: int
+    first_id: int
+    sha256: str
+    bytes: int
+    seed: int
+    class_counts: dict[str, int]
+    provider: str
+    node: dict[str, str]
+    pid: int
+    seconds: float
+    batch_seconds: tuple[float, ...] = ()  # for the metrics; not kept in the manifest
+
+    def entry(self) -> dict:
+        """The manifest's entry for this shard."""
+        entry = dataclasses.asdict(self)
+        del entry["batch_seconds"]
+        return entry
+
+    @classmethod
+    def from_entry(cls, entry: object) -> ShardRecord | None:
+        """A manifest entry read back, or None if it is not one (a resume redoes that shard)."""
+        try:
+            return cls(**entry)  # type: ignore[arg-type]
+        except TypeError:
+            return None
 
 
 def new_manifest(spec: JobSpec) -> dict:
     return {
-        "kind": KIND,
+        "kind": MANIFEST_KIND,
         "manifest_version": MANIFEST_VERSION,
         "vaegen_version": __version__,
         "complete": False,
         "spec": spec.to_json(),
         "model": {"path": spec.decoder.path, **spec.decoder.to_json()},
         "image_shape": list(spec.decoder.image_shape),
-        "image_dtype": "uint8",
+        "image_dtype": IMAGE_DTYPE,
         "class_names": list(spec.decoder.class_names),
         "num_shards": spec.num_shards,
         "num_rows": 0,
@@ -66,19 +94,6 @@ def new_manifest(spec: JobSpec) -> dict:
         "shards": [],
         "execution": {},
     }
-
-
-def load_manifest(out: Path) -> dict | None:
-    path = out / MANIFEST
-    if not path.is_file():
-        return None
-    try:
-        manifest = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise VaegenError(f"{path}: unreadable manifest ({exc})") from None
-    if not isinstance(manifest, dict) or manifest.get("kind") != KIND:
-        raise VaegenError(f"{path}: not a vaegen dataset manifest")
-    return manifest
 
 
 # Spec fields that change speed, never bytes: a resume may change them.
@@ -100,7 +115,7 @@ def check_resumable(manifest: dict, spec: JobSpec, out: Path) -> None:
         raise VaegenError(f"cannot resume {out} with a different spec ({detail})")
 
 
-def shard_is_intact(out: Path, record: dict, plan: ShardPlan, spec: JobSpec) -> bool:
+def shard_is_intact(out: Path, record: ShardRecord, plan: ShardPlan, spec: JobSpec) -> bool:
     """Recompute a finished shard's sha256 from disk and compare with its record."""
     try:
         if spec.format == "imagefolder":
@@ -108,20 +123,20 @@ def shard_is_intact(out: Path, record: dict, plan: ShardPlan, spec: JobSpec) -> 
             ids = np.arange(plan.first_id, plan.first_id + plan.rows, dtype=np.int64)
             digest = imagefolder_digest(out, ids, labels, spec.decoder.class_names)
         else:
-            path = out / str(record.get("file"))
-            digest = file_digest(path) if path.is_file() else None
+            path = out / str(record.file)
+            digest = sha256_file(path) if path.is_file() else None
     except OSError:
         return False
-    return digest is not None and digest == record.get("sha256") and record.get("rows") == plan.rows
+    return digest is not None and digest == record.sha256 and record.rows == plan.rows
 
 
-def add_shard(manifest: dict, record: dict) -> None:
+def add_shard(manifest: dict, record: ShardRecord) -> None:
     """Insert (or replace) a finished shard and update the totals.
 
     O(log K) to find the place and O(classes) for the totals, never a pass over all K shards:
     a job of 100k shards calls this 100k times.
     """
-    entry = {k: record[k] for k in _RECORD_KEYS if k in record}
+    entry = record.entry()
     shards = manifest["shards"]
     at = bisect.bisect_left(shards, entry["index"], key=lambda s: s["index"])
     if at < len(shards) and shards[at]["index"] == entry["index"]:
@@ -141,6 +156,25 @@ def _count(manifest: dict, shard: dict, sign: int) -> None:
 
 
 def write_manifest(out: Path, manifest: dict) -> None:
-    with atomic_path(out / MANIFEST) as tmp:
-        tmp.write_text(json.dumps(manifest, indent=1) + "\n")
-        tmp.chmod(0o644)  # mkstemp makes 0600; a dataset is meant to be read by others
+    write_json_atomic(out / MANIFEST, manifest, indent=1)
+
+
+class ManifestSaver:
+    """Rewrites the manifest after a shard, unless rewriting would cost > 5% of the time.
+
+    A small manifest takes a millisecond, so every shard is recorded at once. With tens of
+    thousands of shards each rewrite grows, and the writes are spaced out; a shard finished but
+    not yet recorded when the driver dies is regenerated by --resume, with the same bytes.
+    """
+
+    def __init__(self, out: Path, manifest: dict) -> None:
+        self.out, self.manifest = out, manifest
+        self.last, self.cost = 0.0, 0.0
+
+    def save(self, force: bool = False) -> None:
+        if not force and time.monotonic() - self.last < 20 * self.cost:
+            return
+        t0 = time.monotonic()
+        write_manifest(self.out, self.manifest)
+        self.last = time.monotonic()
+        self.cost = self.last - t0

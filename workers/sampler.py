@@ -14,6 +14,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from vaegen.errors import VaegenError
+from workers.manifest import ShardRecord
 from workers.spec import ShardPlan, shard_inputs
 from workers.writers import write_shard
 
@@ -22,8 +24,12 @@ CPU = "CPUExecutionProvider"
 ACTOR_REFUSED = "vaegen-actor-refused"  # a marker the driver turns into exit 2 and one line
 
 
-class ActorRefused(RuntimeError):
-    """An actor cannot work on its node because of how the job was asked for (exit 2)."""
+class ActorRefused(VaegenError):
+    """An actor cannot start on its node because of how the job was asked for (exit 2).
+
+    Raised in `__init__`, it reaches the driver only as the text of Ray's actor-death error,
+    hence the marker there (workers.pool.user_error finds it).
+    """
 
     def __init__(self, option: str, reason: str) -> None:
         super().__init__(f"{ACTOR_REFUSED}: {option}: {reason}")
@@ -128,13 +134,12 @@ class Decoder:
         return binding.copy_outputs_to_cpu()[0]
 
 
-def generate_shard(decoder: Decoder, plan: ShardPlan, node: dict) -> dict:
+def generate_shard(decoder: Decoder, plan: ShardPlan, node: dict) -> ShardRecord:
     """Make, write and describe one shard. Idempotent: a retry writes the same bytes."""
     cfg = decoder.cfg
     t0 = time.perf_counter()
     ids, labels, z = shard_inputs(plan, cfg.latent_dim)
     images, batch_seconds = decoder.decode(z, labels if cfg.conditional else None)
-    t_decode = time.perf_counter() - t0
     written = write_shard(
         cfg.out_dir,
         fmt=cfg.fmt,
@@ -147,25 +152,24 @@ def generate_shard(decoder: Decoder, plan: ShardPlan, node: dict) -> dict:
     )
     if cfg.shard_delay > 0:
         time.sleep(cfg.shard_delay)
-    return {
-        "index": plan.index,
-        "file": written.file,
-        "rows": plan.rows,
-        "first_id": plan.first_id,
-        "sha256": written.sha256,
-        "bytes": written.bytes,
-        "seed": plan.seed,
-        "class_counts": {str(label): count for label, count in plan.class_counts},
-        "provider": decoder.provider,
-        "node": node,
-        "pid": os.getpid(),
-        "decode_seconds": round(t_decode, 6),
-        "seconds": round(time.perf_counter() - t0, 6),
-        "batch_seconds": [round(s, 6) for s in batch_seconds],
-    }
+    return ShardRecord(
+        index=plan.index,
+        file=written.file,
+        rows=plan.rows,
+        first_id=plan.first_id,
+        sha256=written.sha256,
+        bytes=written.bytes,
+        seed=plan.seed,
+        class_counts={str(label): count for label, count in plan.class_counts},
+        provider=decoder.provider,
+        node=node,
+        pid=os.getpid(),
+        seconds=round(time.perf_counter() - t0, 6),
+        batch_seconds=tuple(round(s, 6) for s in batch_seconds),
+    )
 
 
-def _node() -> dict:
+def _node() -> dict[str, str]:
     node = {"hostname": socket.gethostname()}
     try:
         import ray
@@ -195,6 +199,6 @@ class ShardGenerator:
         self.decoder = Decoder(bytes(model), cfg)
         self.node = _node()  # an actor never moves: look its node up once
 
-    def __call__(self, plan: ShardPlan) -> dict:
+    def __call__(self, plan: ShardPlan) -> ShardRecord:
         """One shard plan -> that shard's record, its file written."""
         return generate_shard(self.decoder, plan, self.node)

@@ -18,12 +18,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from vaegen.dataset_format import ENCODINGS, FORMATS, UNLABELED, balanced_counts, label_name
 from vaegen.errors import VaegenError
 from workers.decoder_meta import DecoderInfo, read_decoder
 
-FORMATS = ("parquet", "imagefolder", "npz")
-ENCODINGS = ("raw", "png")
-UNLABELED = -1  # the label of every sample of a plain VAE (num_classes 0); its label_name is ""
 DEFAULT_SHARD_SIZE = 16384  # ~0.3 s of CPU decoding: enough shards to balance, small actors
 # Rows per decoder call. On a CPU, one onnxruntime thread runs the MLP decoder 7% faster in
 # calls of 1024 than of 4096 (its activations stay in L2); a GPU wants big calls to amortize
@@ -51,7 +49,7 @@ class JobSpec:
         return math.ceil(self.num_samples / self.shard_size)
 
     def label_name(self, label: int) -> str:
-        return "" if label == UNLABELED else self.decoder.class_names[label]
+        return label_name(label, self.decoder.class_names)
 
     def to_json(self) -> dict:
         """The manifest's "spec" block; resume compares it field by field."""
@@ -125,12 +123,6 @@ def parse_classes(text: str, info: DecoderInfo) -> list[int]:
     return sorted(labels)
 
 
-def balanced_counts(num_samples: int, labels: list[int]) -> dict[int, int]:
-    """N split as evenly as possible; the lowest labels get the remainder, one each."""
-    base, extra = divmod(num_samples, len(labels))
-    return {label: base + (1 if i < extra else 0) for i, label in enumerate(sorted(labels))}
-
-
 def default_batch_size(gpus_per_worker: float) -> int:
     """--batch-size when none is given: 1024 on CPU actors, 8192 on GPU actors."""
     return GPU_BATCH_SIZE if gpus_per_worker > 0 else DEFAULT_BATCH_SIZE
@@ -150,53 +142,14 @@ def build_spec(
     decoder: DecoderInfo | None = None,
 ) -> JobSpec:
     """Validate every option against the model, or raise VaegenError; writes nothing."""
-    if num_samples < 1:
-        raise VaegenError(f"--num-samples must be >= 1, got {num_samples}")
-    if seed < 0:
-        raise VaegenError(f"--seed must be >= 0, got {seed}")
-    if shard_size < 1:
-        raise VaegenError(f"--shard-size must be >= 1, got {shard_size}")
-    if batch_size < 1:
-        raise VaegenError(f"--batch-size must be >= 1, got {batch_size}")
-    if format not in FORMATS:
-        raise VaegenError(f"--format must be one of {', '.join(FORMATS)}, got {format!r}")
-    if encoding is None:
-        encoding = "png" if format == "imagefolder" else "raw"
-    if encoding not in ENCODINGS:
-        raise VaegenError(f"--encoding must be raw or png, got {encoding!r}")
-    if format == "imagefolder" and encoding != "png":
-        raise VaegenError("--format imagefolder writes PNG files; drop --encoding raw")
-    if format == "npz" and encoding != "raw":
-        raise VaegenError("--format npz stores raw arrays; --encoding png needs parquet")
+    _check_sizes(num_samples, seed, shard_size, batch_size)
+    encoding = _check_format(format, encoding)
     if class_counts is not None and classes is not None:
         raise VaegenError("give --class-counts or --classes, not both")
-    if math.ceil(num_samples / shard_size) > MAX_SHARDS:
-        raise VaegenError(
-            f"{num_samples} samples in shards of {shard_size} make more than {MAX_SHARDS} "
-            "shards; raise --shard-size"
-        )
-
     info = decoder or read_decoder(model)
     if encoding == "png" and info.image_shape[0] not in (1, 3, 4):
         raise VaegenError(f"PNG needs 1, 3 or 4 channels; the model makes {info.image_shape}")
-
-    if not info.conditional:
-        if class_counts is not None or classes is not None:
-            raise VaegenError(
-                "the model is an unconditional VAE (num_classes 0): "
-                "--class-counts and --classes do not apply"
-            )
-        counts = {UNLABELED: num_samples}
-    elif class_counts is not None:
-        counts = parse_class_counts(class_counts, info)
-        total = sum(counts.values())
-        if total != num_samples:
-            raise VaegenError(f"--class-counts sum to {total}, but --num-samples is {num_samples}")
-    elif classes is not None:
-        counts = balanced_counts(num_samples, parse_classes(classes, info))
-    else:
-        counts = balanced_counts(num_samples, list(range(info.num_classes)))
-
+    counts = _label_counts(info, num_samples, class_counts, classes)
     return JobSpec(
         decoder=info,
         num_samples=num_samples,
@@ -207,6 +160,53 @@ def build_spec(
         format=format,
         encoding=encoding,
     )
+
+
+def _check_sizes(num_samples: int, seed: int, shard_size: int, batch_size: int) -> None:
+    for option, value in (("--num-samples", num_samples), ("--shard-size", shard_size),
+                          ("--batch-size", batch_size)):  # fmt: skip
+        if value < 1:
+            raise VaegenError(f"{option} must be >= 1, got {value}")
+    if seed < 0:
+        raise VaegenError(f"--seed must be >= 0, got {seed}")
+    if math.ceil(num_samples / shard_size) > MAX_SHARDS:
+        raise VaegenError(
+            f"{num_samples} samples in shards of {shard_size} make more than {MAX_SHARDS} "
+            "shards; raise --shard-size"
+        )
+
+
+def _check_format(fmt: str, encoding: str | None) -> str:
+    """The encoding to use (the format's default if none is given), or VaegenError."""
+    if fmt not in FORMATS:
+        raise VaegenError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+    encoding = encoding or FORMATS[fmt].default_encoding
+    if encoding not in ENCODINGS:
+        raise VaegenError(f"--encoding must be {' or '.join(ENCODINGS)}, got {encoding!r}")
+    if encoding not in FORMATS[fmt].encodings:
+        raise VaegenError(FORMATS[fmt].other_encoding)
+    return encoding
+
+
+def _label_counts(
+    info: DecoderInfo, num_samples: int, class_counts: str | None, classes: str | None
+) -> dict[int, int]:
+    if not info.conditional:
+        if class_counts is not None or classes is not None:
+            raise VaegenError(
+                "the model is an unconditional VAE (num_classes 0): "
+                "--class-counts and --classes do not apply"
+            )
+        return {UNLABELED: num_samples}
+    if class_counts is not None:
+        counts = parse_class_counts(class_counts, info)
+        total = sum(counts.values())
+        if total != num_samples:
+            raise VaegenError(f"--class-counts sum to {total}, but --num-samples is {num_samples}")
+        return counts
+    if classes is not None:
+        return balanced_counts(num_samples, parse_classes(classes, info))
+    return balanced_counts(num_samples, list(range(info.num_classes)))
 
 
 def _shard_seed(seed: int, index: int) -> int:

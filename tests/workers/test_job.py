@@ -20,13 +20,14 @@ import psutil
 import pytest
 from typer.testing import CliRunner
 
+from vaegen.contracts import sha256_file
+from vaegen.dataset_format import MANIFEST, decode_png
+from vaegen.dataset_reader import read_shard
 from workers.cli import app
 from workers.job import SHARD_DELAY_ENV, run_generation
-from workers.manifest import MANIFEST
+from workers.options import GenerateOptions
 from workers.spec import JobSpec, build_spec
-from workers.writers import decode_png, file_digest, read_parquet_images
 
-pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:ray.data.context")
 REPO = Path(__file__).resolve().parents[2]
 # Uneven on purpose: one tiny class, and 1000 rows in shards of 128 leave a short last shard.
 COUNTS = "0=37,3=500,c5=463"
@@ -44,12 +45,13 @@ def _shard_hashes(out: Path) -> list[tuple[str, str]]:
     """(file, sha256) per shard, as recorded; every file on disk must match its record."""
     manifest = json.loads((out / MANIFEST).read_text())
     for shard in manifest["shards"]:
-        assert file_digest(out / shard["file"]) == shard["sha256"], shard["file"]
+        assert sha256_file(out / shard["file"]) == shard["sha256"], shard["file"]
     return [(s["file"], s["sha256"]) for s in manifest["shards"]]
 
 
 def _read_all(out: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
-    parts = [read_parquet_images(p) for p in sorted(out.glob("part-*.parquet"))]
+    parts = [read_shard(p) for p in sorted(out.glob("part-*.parquet"))]
+    parts = [(rows.ids, rows.labels, rows.images) for rows in parts]
     names = []
     import pyarrow.parquet as pq
 
@@ -79,7 +81,7 @@ def ray_local():  # noqa: ANN201
 @pytest.fixture(scope="module")
 def reference(ray_local, cvae_onnx: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:  # noqa: ANN001
     out = tmp_path_factory.mktemp("ref") / "ds"
-    run_generation(_spec(cvae_onnx), out, workers=1, show_progress=False)
+    run_generation(_spec(cvae_onnx), out, GenerateOptions(workers=1, show_progress=False))
     return out
 
 
@@ -94,8 +96,8 @@ def test_uneven_class_counts_are_exact(reference: Path) -> None:
     assert manifest["spec"]["class_counts"] == manifest["class_counts"]
     assert [s["rows"] for s in manifest["shards"]] == [128] * 7 + [104]
     for shard in manifest["shards"]:
-        assert file_digest(reference / shard["file"]) == shard["sha256"]
-        got = Counter(read_parquet_images(reference / shard["file"])[1].tolist())
+        assert sha256_file(reference / shard["file"]) == shard["sha256"]
+        got = Counter(read_shard(reference / shard["file"]).labels.tolist())
         assert {str(k): v for k, v in got.items()} == shard["class_counts"]
     assert images.std() > 10  # real decoder output, not zeros
     assert _no_temp_files(reference)
@@ -104,7 +106,9 @@ def test_uneven_class_counts_are_exact(reference: Path) -> None:
 def test_two_workers_give_identical_shards(
     reference: Path, cvae_onnx: Path, tmp_path: Path
 ) -> None:
-    manifest = run_generation(_spec(cvae_onnx), tmp_path / "ds", workers=2, show_progress=False)
+    manifest = run_generation(
+        _spec(cvae_onnx), tmp_path / "ds", GenerateOptions(workers=2, show_progress=False)
+    )
     assert manifest["execution"]["workers"] == 2 and manifest["execution"]["threads"] == 1
     assert _shard_hashes(tmp_path / "ds") == _shard_hashes(reference)
 
@@ -114,7 +118,9 @@ def test_batch_size_never_changes_the_bytes(
 ) -> None:
     # Which is why a resume may change --batch-size, and why CPU and GPU defaults may differ.
     out = tmp_path / "ds"
-    run_generation(_spec(cvae_onnx, batch_size=1000), out, workers=1, show_progress=False)
+    run_generation(
+        _spec(cvae_onnx, batch_size=1000), out, GenerateOptions(workers=1, show_progress=False)
+    )
     assert _shard_hashes(out) == _shard_hashes(reference)
 
 
@@ -126,19 +132,27 @@ def test_png_npz_and_imagefolder_hold_the_raw_pixels(
     label_by_id = ref_labels[np.argsort(ref_ids)]
 
     png = tmp_path / "png"
-    run_generation(_spec(cvae_onnx, encoding="png"), png, workers=2, show_progress=False)
+    run_generation(
+        _spec(cvae_onnx, encoding="png"), png, GenerateOptions(workers=2, show_progress=False)
+    )
     ids, labels, images, _ = _read_all(png)
     assert np.array_equal(images, by_id[ids]) and np.array_equal(labels, label_by_id[ids])
 
     npz = tmp_path / "npz"
-    run_generation(_spec(cvae_onnx, format="npz"), npz, workers=2, show_progress=False)
+    run_generation(
+        _spec(cvae_onnx, format="npz"), npz, GenerateOptions(workers=2, show_progress=False)
+    )
     for part in sorted(npz.glob("part-*.npz")):
         with np.load(part) as data:
             assert np.array_equal(data["images"], by_id[data["id"]])
             assert np.array_equal(data["label"], label_by_id[data["id"]])
 
     folder = tmp_path / "folder"
-    run_generation(_spec(cvae_onnx, format="imagefolder"), folder, workers=2, show_progress=False)
+    run_generation(
+        _spec(cvae_onnx, format="imagefolder"),
+        folder,
+        GenerateOptions(workers=2, show_progress=False),
+    )
     with open(folder / "labels.csv", newline="") as fh:
         rows = list(csv.DictReader(fh))
     assert [int(r["id"]) for r in rows] == list(range(1000))
@@ -153,7 +167,7 @@ def test_png_npz_and_imagefolder_hold_the_raw_pixels(
 
 def test_plain_vae_is_unlabeled(ray_local, vae_onnx: Path, tmp_path: Path) -> None:  # noqa: ANN001
     spec = build_spec(str(vae_onnx), 50, shard_size=20)
-    manifest = run_generation(spec, tmp_path / "ds", show_progress=False)
+    manifest = run_generation(spec, tmp_path / "ds", GenerateOptions(show_progress=False))
     ids, labels, _, names = _read_all(tmp_path / "ds")
     assert manifest["class_counts"] == {"-1": 50} and manifest["class_names"] == []
     assert (labels == -1).all() and set(names) == {""} and sorted(ids) == list(range(50))
@@ -169,7 +183,9 @@ def test_resume_regenerates_only_a_corrupt_shard(
     victim = out / "part-00002.parquet"
     victim.write_bytes(victim.read_bytes()[:-10])
     (out / "part-00005.parquet").unlink()
-    manifest = run_generation(_spec(cvae_onnx), out, resume=True, show_progress=False)
+    manifest = run_generation(
+        _spec(cvae_onnx), out, GenerateOptions(resume=True, show_progress=False)
+    )
     assert manifest["execution"]["resumed_shards"] == 6
     assert manifest["execution"]["generated_samples"] == 256
     assert _shard_hashes(out) == _shard_hashes(reference)
@@ -200,6 +216,30 @@ def test_gpu_request_without_gpu_exits_2(ray_local, cvae_onnx: Path, tmp_path: P
     assert not out.exists()
 
 
+def test_a_user_error_in_an_actor_task_is_one_line(ray_local) -> None:  # noqa: ANN001
+    import ray
+
+    from vaegen.errors import VaegenError
+    from workers.pool import user_error
+
+    reason = "3000000000 bytes of binary in one shard; use a smaller --shard-size"
+
+    class Refuses:  # a real actor, as the pool's, whose method raises a user error
+        def __call__(self) -> None:
+            raise VaegenError(reason)
+
+    actor = ray.remote(Refuses).remote()
+    with pytest.raises(Exception) as caught:  # noqa: PT011 - Ray's wrapper, checked below
+        ray.get(actor.__call__.remote())
+    ray.kill(actor)
+    # Ray's wrapper is a VaegenError too, but its text is the actor's traceback: the CLI would
+    # print all of it. user_error keeps the one line.
+    assert isinstance(caught.value, VaegenError) and len(str(caught.value).splitlines()) > 1
+    error = user_error(caught.value)
+    assert isinstance(error, VaegenError) and error.exit_code == 2 and str(error) == reason
+    assert user_error(RuntimeError("an internal failure")) is None
+
+
 def _wait_for_shard(out: Path, timeout: float, proc: subprocess.Popen | None = None) -> dict:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -226,7 +266,7 @@ def test_killed_worker_is_replaced(
     def job() -> None:
         try:
             result["manifest"] = run_generation(
-                _spec(cvae_onnx), out, workers=2, show_progress=False
+                _spec(cvae_onnx), out, GenerateOptions(workers=2, show_progress=False)
             )
         except BaseException as exc:  # noqa: BLE001 - handed to the test thread
             result["error"] = exc

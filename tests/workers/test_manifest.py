@@ -3,28 +3,42 @@
 from __future__ import annotations
 
 import json
+import os
 import random
 import time
 from pathlib import Path
 
 import pytest
 
+from vaegen.dataset_format import MANIFEST
 from vaegen.errors import VaegenError
-from workers.job import _ManifestSaver
-from workers.manifest import MANIFEST, add_shard, check_resumable, new_manifest, write_manifest
+from workers.manifest import (
+    ManifestSaver,
+    ShardRecord,
+    add_shard,
+    check_resumable,
+    new_manifest,
+    write_manifest,
+)
 from workers.spec import build_spec
 
 
-def _record(index: int, counts: dict[str, int]) -> dict:
-    return {
-        "index": index,
-        "file": f"part-{index:05d}.parquet",
-        "rows": sum(counts.values()),
-        "sha256": "0" * 64,
-        "seed": 1,
-        "class_counts": counts,
-        "batch_seconds": [0.1],
-    }
+def _record(index: int, counts: dict[str, int]) -> ShardRecord:
+    return ShardRecord(
+        index=index,
+        file=f"part-{index:05d}.parquet",
+        rows=sum(counts.values()),
+        first_id=0,
+        sha256="0" * 64,
+        bytes=1,
+        seed=1,
+        class_counts=counts,
+        provider="CPUExecutionProvider",
+        node={"hostname": "h"},
+        pid=1,
+        seconds=0.5,
+        batch_seconds=(0.1,),
+    )
 
 
 def test_totals_follow_finished_shards(cvae_onnx: Path, tmp_path: Path) -> None:
@@ -37,7 +51,10 @@ def test_totals_follow_finished_shards(cvae_onnx: Path, tmp_path: Path) -> None:
     assert "batch_seconds" not in manifest["shards"][0]
     write_manifest(tmp_path, manifest)
     assert json.loads((tmp_path / MANIFEST).read_text()) == manifest
-    assert (tmp_path / MANIFEST).stat().st_mode & 0o777 == 0o644
+    # Readable by others, like every file of the dataset: 0666 minus the umask, not mkstemp's 0600.
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (tmp_path / MANIFEST).stat().st_mode & 0o777 == 0o666 & ~umask
 
 
 def test_totals_match_a_recount_in_any_order(cvae_onnx: Path) -> None:
@@ -71,7 +88,7 @@ def test_resume_needs_the_same_spec_and_model(cvae_onnx: Path, vae_onnx: Path) -
 
 def test_saver_spaces_out_costly_rewrites(tmp_path: Path) -> None:
     manifest = {"shards": []}
-    saver = _ManifestSaver(tmp_path, manifest)
+    saver = ManifestSaver(tmp_path, manifest)
     saver.save()
     assert (tmp_path / MANIFEST).exists()
     saver.cost = 10.0  # pretend one rewrite takes 10 s: the next may wait 200 s

@@ -19,8 +19,8 @@ from pathlib import Path
 import psutil
 import pytest
 
+from vaegen.dataset_format import MANIFEST
 from workers.job import SHARD_DELAY_ENV
-from workers.manifest import MANIFEST
 
 REPO = Path(__file__).resolve().parents[2]
 PROMETHEUS = shutil.which("prometheus") or "/usr/bin/prometheus"

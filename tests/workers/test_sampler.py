@@ -8,7 +8,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from workers.job import _actor_refusal
+from workers.pool import user_error
 from workers.sampler import (
     ActorRefused,
     Decoder,
@@ -92,6 +92,6 @@ def test_actor_refuses_an_out_folder_it_cannot_see(cvae_onnx: Path, tmp_path: Pa
         ShardGenerator(cvae_onnx.read_bytes(), cfg)
     # The driver finds the marker inside Ray's wrapped error text and keeps only the reason.
     wrapped = f"ActorDiedError: creation task failed\n  File ...\n{caught.value}\n"
-    reason = str(_actor_refusal(RuntimeError(wrapped)))
+    reason = str(user_error(RuntimeError(wrapped)))
     assert reason.startswith("--out: ") and "shares" in reason
-    assert _actor_refusal(RuntimeError("some other failure")) is None
+    assert user_error(RuntimeError("some other failure")) is None

@@ -241,12 +241,13 @@ def test_fixed_spec_gives_recorded_shard_hashes(
     encoding: str,
 ) -> None:
     from workers.job import run_generation
+    from workers.options import GenerateOptions
     from workers.spec import build_spec
 
     args = dict(SPECS[model])
     spec = build_spec(str(models[model]), args.pop("num_samples"), format=fmt, encoding=encoding,
                       **args)  # fmt: skip
     out = tmp_path / "ds"
-    manifest = run_generation(spec, out, workers=2, show_progress=False)
+    manifest = run_generation(spec, out, GenerateOptions(workers=2, show_progress=False))
     got = _fingerprint(out, manifest)
     assert got == EXPECTED[(model, fmt, encoding)]

@@ -7,16 +7,13 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
+import pytest
 
-from workers.writers import (
-    decode_png,
-    encode_png,
-    file_digest,
-    imagefolder_digest,
-    read_parquet_images,
-    sweep_temp_files,
-    write_shard,
-)
+from vaegen.atomic import sweep_temp_files
+from vaegen.contracts import sha256_file
+from vaegen.dataset_format import decode_png, encode_png
+from vaegen.dataset_reader import read_shard
+from workers.writers import imagefolder_digest, write_shard
 
 NAMES = ("zero", "one/two", "three")
 
@@ -43,13 +40,13 @@ def test_parquet_raw_round_trip_and_schema(tmp_path: Path) -> None:
     written, ids, labels, images = _write(tmp_path, "parquet")
     assert written.file == "part-00003.parquet"
     path = tmp_path / written.file
-    assert written.sha256 == file_digest(path) and written.bytes == path.stat().st_size
+    assert written.sha256 == sha256_file(path) and written.bytes == path.stat().st_size
     table = pq.read_table(path)
     assert table.schema.field("image").type.byte_width == 64
     assert table.column("label_name").to_pylist() == [NAMES[i] for i in labels]
-    got_ids, got_labels, got_images = read_parquet_images(path)
-    assert np.array_equal(got_ids, ids) and np.array_equal(got_labels, labels)
-    assert np.array_equal(got_images, images)
+    got = read_shard(path)
+    assert np.array_equal(got.ids, ids) and np.array_equal(got.labels, labels)
+    assert np.array_equal(got.images, images)
 
 
 def test_parquet_bytes_match_a_table_built_by_pa_table(tmp_path: Path) -> None:
@@ -79,7 +76,7 @@ def test_parquet_bytes_match_a_table_built_by_pa_table(tmp_path: Path) -> None:
             table, tmp_path / "ref.parquet", row_group_size=16384, compression="snappy",
             use_dictionary=["label_name"], write_statistics=["id", "label"],
         )  # fmt: skip
-        assert written.sha256 == file_digest(tmp_path / "ref.parquet")
+        assert written.sha256 == sha256_file(tmp_path / "ref.parquet")
 
 
 def test_parquet_and_npz_bytes_are_stable(tmp_path: Path) -> None:
@@ -93,7 +90,7 @@ def test_parquet_and_npz_bytes_are_stable(tmp_path: Path) -> None:
 def test_png_encoding_decodes_to_raw_pixels(tmp_path: Path) -> None:
     for shape in ((1, 8, 8), (3, 5, 7)):
         written, _, _, images = _write(tmp_path / str(shape[0]), "parquet", "png", shape)
-        _, _, decoded = read_parquet_images(tmp_path / str(shape[0]) / written.file)
+        decoded = read_shard(tmp_path / str(shape[0]) / written.file).images
         assert decoded.shape == images.shape and np.array_equal(decoded, images)
     one = images[0]
     assert np.array_equal(decode_png(encode_png(one)), one)
@@ -132,3 +129,19 @@ def test_sweep_removes_only_temp_files(tmp_path: Path) -> None:
         path.write_bytes(b"x")
     assert sweep_temp_files(tmp_path) == 2
     assert all(p.exists() for p in keep) and not any(p.exists() for p in drop)
+
+
+def test_a_png_column_past_2_gib_is_the_users_shard_size() -> None:
+    # Parquet's binary column has int32 offsets: a shard's PNGs must stay under 2 GiB. That is
+    # the --shard-size the user chose (exit 2, one line), not an internal failure. Zero-strided
+    # views stand in for 2 GiB of PNGs without allocating them.
+    import pyarrow as pa
+
+    from vaegen.errors import VaegenError
+    from workers.writers import _binary_array
+
+    huge = [np.broadcast_to(np.zeros(1, np.uint8), (1 << 30,))] * 2
+    with pytest.raises(VaegenError, match="use a smaller --shard-size") as caught:
+        _binary_array(huge, pa.binary())
+    assert caught.value.exit_code == 2
+    assert _binary_array([b"ab", b"c"], pa.binary()).to_pylist() == [b"ab", b"c"]
