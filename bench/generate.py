@@ -8,6 +8,10 @@ as the median of 3 interleaved rounds (this machine is shared and noisy):
   writes), and the ratio job / raw ORT (target >= 0.8);
 - a plain PyTorch script a user would otherwise write (a loop of torch decoder calls with
   parquet writes), and the ratio job / torch (target >= 1.5);
+- the same two for the int8 copy of the decoder (exporter.quantize, as `vaegen export --int8`
+  writes it): the raw int8 ORT loop and the int8 job, with int8 job / torch script (fp32;
+  target >= 3.0) and int8 job / raw int8 loop (target >= 0.8). CPU only: onnxruntime's CUDA
+  provider has no kernels for the int8 graph;
 - peak RSS of the driver plus every Ray process under it, at 200k and at 2M samples
   (target: RSS(2M) <= 1.2 x RSS(200k)).
 
@@ -37,9 +41,17 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from workers.spec import default_batch_size  # noqa: E402 - after the path is set
+from exporter.quantize import int8_path_for  # noqa: E402 - after the path is set
+from workers.spec import default_batch_size  # noqa: E402
 
 LATENT, CLASSES, SHAPE = 16, 10, (1, 28, 28)
+LABELS = {  # short name for the per-round line, long name for the medians
+    "raw": ("raw ORT", "raw ORT loop (1 process, default threads, no writes):"),
+    "torch": ("torch script", "plain torch script (decoder calls + parquet writes):"),
+    "job": ("vaegen generate", "vaegen generate (run_generation, Ray up):"),
+    "raw8": ("raw int8 ORT", "raw int8 ORT loop (same, decoder.int8.onnx):"),
+    "job8": ("int8 generate", "vaegen generate on decoder.int8.onnx:"),
+}
 
 
 def build_model(seed: int = 0):  # noqa: ANN201 - a trainer VAE, lazily typed
@@ -57,16 +69,19 @@ def build_model(seed: int = 0):  # noqa: ANN201 - a trainer VAE, lazily typed
 
 
 def export_decoder(model, path: Path) -> str:  # noqa: ANN001
-    """decoder.onnx through the exporter's own graph and metadata."""
+    """decoder.onnx through the exporter's own graph and metadata, and its int8 copy."""
     import onnx
 
     from exporter.graph import export_onnx
     from exporter.metadata import attach_metadata, build_metadata
+    from exporter.quantize import int8_path_for, save_int8
 
     names = [str(i) for i in range(CLASSES)]
     proto = export_onnx(model)
-    attach_metadata(proto, build_metadata(model.cfg, names, "0" * 64, "bench", "fp32"))
+    props = build_metadata(model.cfg, names, "0" * 64, "bench", "fp32")
+    attach_metadata(proto, props)
     onnx.save(proto, str(path))
+    save_int8(path, int8_path_for(path), props)
     return "exporter.graph.export_onnx"
 
 
@@ -270,7 +285,8 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     print(f"machine: {os.cpu_count()} CPUs; onnxruntime {ort.__version__}, torch "
           f"{torch.__version__} ({torch.get_num_threads()} threads), pyarrow "
-          f"{pyarrow.__version__}, ray {ray.__version__}")  # fmt: skip
+          f"{pyarrow.__version__}, ray {ray.__version__}; load average "
+          + " ".join(f"{x:.1f}" for x in os.getloadavg()))  # fmt: skip
     module = build_model()
     onnx_path = work / "decoder.onnx"
     how = export_decoder(module, onnx_path)
@@ -282,42 +298,55 @@ def main() -> None:
     t0 = time.perf_counter()
     init_ray()
     print(f"Ray start: {time.perf_counter() - t0:.1f} s (not counted below)")
-    # This machine is shared and noisy: interleave the three loops, round after round, and
-    # compare medians. Every round's job starts its own actor pool (the CLI's cost).
-    rates: dict[str, list[float]] = {"raw": [], "torch": [], "job": []}
+    # This machine is shared and noisy: interleave the loops, round after round, and compare
+    # medians. Every round's job starts its own actor pool (the CLI's cost).
+    int8_path = int8_path_for(onnx_path)
+    loops = ["raw", "torch", "job"] + ([] if gpu else ["raw8", "job8"])
+    rates: dict[str, list[float]] = {k: [] for k in loops}
     for round_ in range(1, args.rounds + 1):
         rates["raw"].append(raw_ort_loop(onnx_path, n, args.batch_size, provider=provider))
         rates["torch"].append(
             torch_script(module, n, args.batch_size, work / "torch.parquet", device)
         )
-        rate, manifest = run_job(
-            onnx_path, n, work / "ds", args.batch_size, args.workers, args.gpus_per_worker
-        )
-        rates["job"].append(rate)
-        shutil.rmtree(work / "ds")
-        print(f"round {round_}: raw ORT {rates['raw'][-1]:9,.0f}  torch script "
-              f"{rates['torch'][-1]:9,.0f}  vaegen generate {rate:9,.0f} samples/s")  # fmt: skip
+        for key, path in (("job", onnx_path), ("job8", int8_path))[: 1 if gpu else 2]:
+            rate, manifest = run_job(
+                path, n, work / "ds", args.batch_size, args.workers, args.gpus_per_worker
+            )
+            rates[key].append(rate)
+            shutil.rmtree(work / "ds")
+        if not gpu:
+            rates["raw8"].append(raw_ort_loop(int8_path, n, args.batch_size))
+        print(f"round {round_}: " + "  ".join(f"{LABELS[k][0]} {rates[k][-1]:9,.0f}" for k in loops)
+              + " samples/s")  # fmt: skip
     ex = manifest["execution"]
     med = {k: statistics.median(v) for k, v in rates.items()}
-    vs_raw = statistics.median(j / r for j, r in zip(rates["job"], rates["raw"], strict=True))
-    vs_torch = statistics.median(j / t for j, t in zip(rates["job"], rates["torch"], strict=True))
+
+    def ratio(a: str, b: str) -> float:
+        return statistics.median(x / y for x, y in zip(rates[a], rates[b], strict=True))
+
     print(f"medians of {args.rounds} rounds (samples/s):")
-    print(f"  raw ORT loop (1 process, default threads, no writes): {med['raw']:10,.0f}")
-    print(f"  plain torch script (decoder calls + parquet writes):  {med['torch']:10,.0f}")
-    print(f"  vaegen generate (run_generation, Ray up):             {med['job']:10,.0f}  "
-          f"({ex['workers']} actors x {ex['threads']} ORT thread(s), "
+    for key in loops:
+        print(f"  {LABELS[key][1]:<54} {med[key]:10,.0f}")
+    print(f"  (jobs: {ex['workers']} actors x {ex['threads']} ORT thread(s), "
           f"{manifest['num_shards']} shards)")  # fmt: skip
-    print(f"  job / raw ORT loop, median of rounds: {vs_raw:5.2f}   (target >= 0.8)")
-    print(f"  job / torch script, median of rounds: {vs_torch:5.2f}   (target >= 1.5)")
+    print(f"  job / raw ORT loop, median of rounds: {ratio('job', 'raw'):5.2f}   (target >= 0.8)")
+    print(f"  job / torch script, median of rounds: {ratio('job', 'torch'):5.2f}   (target >= 1.5)")
     if not gpu:
+        print(f"  int8 job / torch script (fp32):       {ratio('job8', 'torch'):5.2f}   "
+              "(target >= 3.0)")  # fmt: skip
+        print(f"  int8 job / raw int8 ORT loop:         {ratio('job8', 'raw8'):5.2f}   "
+              "(target >= 0.8)")  # fmt: skip
         # What no engine can beat here: every core decoding at one ORT thread's rate (the most
         # efficient layout, the job's), with nothing else to do: no writes, no hashing, no Ray.
         # (On a GPU the raw CUDA loop above is that ceiling.)
-        ceiling = raw_ort_loop(onnx_path, max(n // 4, 50_000), args.batch_size, threads=1)
-        ceiling *= os.cpu_count() or 1
-        print(f"  decode-only ceiling ({os.cpu_count()} cores x 1-thread ORT loop): "
-              f"{ceiling:10,.0f}  = {ceiling / med['torch']:4.2f} x torch script; job = "
-              f"{med['job'] / ceiling:4.2f} of it")  # fmt: skip
+        cores = os.cpu_count() or 1
+        for key, path in (("job", onnx_path), ("job8", int8_path)):
+            ceiling = raw_ort_loop(path, max(n // 4, 50_000), args.batch_size, threads=1) * cores
+            print(f"  decode-only ceiling, {'int8' if key == 'job8' else 'fp32'} ({cores} cores x "
+                  f"1-thread ORT loop): {ceiling:10,.0f}  = {ceiling / med['torch']:4.2f} x torch "
+                  f"script; job = {med[key] / ceiling:4.2f} of it")  # fmt: skip
+    print("  load average (1/5/15 min) at the end: "
+          + " ".join(f"{x:.1f}" for x in os.getloadavg()))  # fmt: skip
     if args.quick:
         print("  (--quick: at this N the pool's start-up weighs more; the targets are for 1M)")
 
