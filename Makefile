@@ -10,9 +10,10 @@ APT_PACKAGES := prometheus prometheus-pushgateway
 
 install: $(STAMP)
 
+# Every extra (worker, train, eval) and the dev tools: demo and test need all of them.
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet -c constraints.txt -e '.[dev]'
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[all,dev]'
 	touch $(STAMP)
 
 # Real Prometheus and Pushgateway servers for the monitoring tests (started by the tests).

@@ -895,7 +895,9 @@ def dockerfile_problems(text: str) -> list[str]:
     joined = " ".join(installs)
     if "onnxruntime-gpu" not in joined:
         problems.append("does not install onnxruntime-gpu")
-    if not re.search(r"pip install -c constraints\.txt\b[^&;]*\s\.(\s|$)", joined):
+    # The project itself, `.` or `".[EXTRAS]"` (deploy/Dockerfile's EXTRAS picks the extras).
+    project = r'pip install -c constraints\.txt\b[^&;]*\s"?\.(\[[^\]\s"]+\])?"?(\s|$)'
+    if not re.search(project, joined):
         problems.append("does not install the project with `pip install -c constraints.txt .`")
     if "ray[default" not in joined:
         problems.append("needs ray[default] for the dashboard, job API and metrics agent")
