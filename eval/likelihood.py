@@ -3,7 +3,9 @@
 All per-sample values are in nats per image. The ELBO reuses `VAE.forward`'s named terms (one
 sampled z per image); reconstruction errors use the deterministic code z = mu. The IWAE bound
 (Burda et al. 2016) is log (1/K) sum_k p(x|z_k[,y]) p(z_k) / q(z_k|x[,y]), evaluated in chunks
-of samples and of images so memory stays bounded for K in the thousands.
+of samples and of images so memory stays bounded for K in the thousands; its log weights are the
+training objective's (trainer.objectives.log_weights). A denoising model's reconstruction error
+is also measured from corrupted inputs (`corrupted_reconstruction`), scored against clean images.
 """
 
 from __future__ import annotations
@@ -15,7 +17,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from trainer.likelihood import diag_normal_log_prob, standard_normal_log_prob
+from trainer.collapse import active_units
+from trainer.corruption import Corruption, parse_corruption
+from trainer.objectives import log_weights
 from vaegen.errors import VaegenError
 from vaegen.progress import progress
 
@@ -30,10 +34,18 @@ class LikelihoodResult:
     mse: np.ndarray  # mean over pixels of (decode(mu) - x)^2
     bce: np.ndarray  # mean over pixels of BCE(decode_logits(mu), x)
     mu: np.ndarray
+    kl_per_dim: np.ndarray  # closed-form KL(q(z_u|x) || p(z_u)) per unit, float64 [N, latent]
 
 
 def _batches(n: int, size: int) -> list[slice]:
     return [slice(i, min(i + size, n)) for i in range(0, n, size)]
+
+
+def _errors(logits: torch.Tensor, target: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """Per-image mean over pixels of the squared error and the BCE of the decoded mean."""
+    mse = (torch.sigmoid(logits) - target).pow(2).flatten(1).mean(1)
+    bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none").flatten(1).mean(1)
+    return mse.double().cpu().numpy(), bce.double().cpu().numpy()
 
 
 @torch.no_grad()
@@ -68,13 +80,8 @@ def iwae_log_likelihood(
     for start in range(0, k, chunk):
         n = min(chunk, k - start)
         eps = torch.randn((n, *mu.shape), generator=generator, device=mu.device, dtype=mu.dtype)
-        z = mu + std * eps  # [n, B, D]
-        # Sample i of image b sits at row i * B + b, so the labels repeat whole.
-        y_rep = y.repeat(n) if y is not None else None
-        logits = model.decode_logits(z.reshape(n * batch, -1), y_rep)
-        x_rep = x.unsqueeze(0).expand(n, *x.shape).reshape(n * batch, *x.shape[1:])
-        log_px_z = model.log_likelihood(x_rep, logits).reshape(n, batch)
-        log_w = log_px_z + standard_normal_log_prob(z) - diag_normal_log_prob(z, mu, logvar)
+        # The training objective's own log weights, on the same kind of draws.
+        log_w = log_weights(model.score_samples(x, y, mu + std * eps), mu, logvar)
         partial.append(torch.logsumexp(log_w.double(), dim=0))
     return torch.logsumexp(torch.stack(partial), dim=0) - math.log(k)
 
@@ -96,7 +103,7 @@ def evaluate_likelihood(
     conditional = bool(model.cfg.conditional)
     n = targets.shape[0]
     out: dict[str, list[np.ndarray]] = {
-        key: [] for key in ("elbo", "rec", "kl", "mse", "bce", "mu")
+        key: [] for key in ("elbo", "rec", "kl", "mse", "bce", "mu", "kl_per_dim")
     }
     # sample_forward draws from the global RNG: fork it so the seed is ours and leaks nowhere.
     forked = [device.index or 0] if device.type == "cuda" else []
@@ -106,11 +113,11 @@ def evaluate_likelihood(
             x = torch.from_numpy(targets[sl]).to(device)
             y = torch.from_numpy(labels[sl]).to(device) if conditional else None
             det = model(x, y)  # eval mode: z = mu
-            mean = torch.sigmoid(det.logits)
-            out["mse"].append((mean - x).pow(2).flatten(1).mean(1).double().cpu().numpy())
-            bce = F.binary_cross_entropy_with_logits(det.logits, x, reduction="none")
-            out["bce"].append(bce.flatten(1).mean(1).double().cpu().numpy())
+            mse, bce = _errors(det.logits, x)
+            out["mse"].append(mse)
+            out["bce"].append(bce)
             out["mu"].append(det.mu.float().cpu().numpy())
+            out["kl_per_dim"].append(det.kl_per_dim.double().cpu().numpy())
             # The ELBO's Monte Carlo estimate (one z ~ q(z|x) per image): forward's own terms.
             mc = model.sample_forward(x, y)
             out["rec"].append(mc.reconstruction.double().cpu().numpy())
@@ -124,7 +131,44 @@ def evaluate_likelihood(
         mse=np.concatenate(out["mse"]),
         bce=np.concatenate(out["bce"]),
         mu=np.concatenate(out["mu"]),
+        kl_per_dim=np.concatenate(out["kl_per_dim"]),
     )
+
+
+@torch.no_grad()
+def corrupted_reconstruction(
+    model: torch.nn.Module,
+    targets: np.ndarray,
+    labels: np.ndarray,
+    corruption: Corruption | str,
+    *,
+    device: torch.device,
+    batch_size: int = 256,
+    seed: int = 0,
+) -> dict[str, object]:
+    """Reconstruction error of the clean `targets` from corrupted copies (z = mu of the corrupted
+    input), as a denoising model is trained: {"corruption", "mse_per_pixel", "bce_per_pixel"}.
+
+    The whole set is corrupted in one draw, so the result depends on `seed`, not on batch size.
+    """
+    spec = parse_corruption(corruption) if isinstance(corruption, str) else corruption
+    if spec is None:
+        raise VaegenError("corrupted reconstruction needs a corruption, mask:P or gaussian:S")
+    if batch_size < 1:
+        raise VaegenError(f"--batch-size must be >= 1; got {batch_size}")
+    model = model.to(device).eval()
+    clean = torch.from_numpy(targets)
+    noisy = spec.apply(clean, torch.Generator().manual_seed(seed))
+    errors: list[tuple[np.ndarray, np.ndarray]] = []
+    for sl in _batches(len(targets), batch_size):
+        y = torch.from_numpy(labels[sl]).to(device) if model.cfg.conditional else None
+        logits = model(noisy[sl].to(device), y).logits  # eval mode: z = mu
+        errors.append(_errors(logits, clean[sl].to(device)))
+    return {
+        "corruption": spec.spec,
+        "mse_per_pixel": float(np.concatenate([e[0] for e in errors]).mean()),
+        "bce_per_pixel": float(np.concatenate([e[1] for e in errors]).mean()),
+    }
 
 
 @torch.no_grad()
@@ -188,6 +232,9 @@ def summarize(
     """Overall means plus the same keys per class (keyed by class name), as in metrics.json."""
     summary: dict[str, object] = dict(_means(res, iwae, slice(None), num_pixels))
     summary["iwae_k"] = iwae_k if iwae is not None else None
+    # The collapse guard's figures on the whole test split (trainer.collapse).
+    summary["active_units"] = active_units(torch.from_numpy(res.mu))
+    summary["kl_per_unit_nats"] = res.kl_per_dim.mean(0).tolist()
     summary["num_images"] = int(len(res.elbo))
     summary["num_pixels"] = int(num_pixels)
     per_class: dict[str, object] = {}

@@ -12,6 +12,7 @@ MODELS = ("vae", "cvae")
 ARCHS = ("mlp", "conv")
 LIKELIHOODS = ("bernoulli", "gaussian")
 GAUSSIAN_VARIANCES = ("fixed", "learned")
+OBJECTIVES = ("elbo", "iwae", "iwae-dreg")  # trainer/objectives.py
 
 
 def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
@@ -84,8 +85,19 @@ class LossConfig:
     beta: float = 1.0
     kl_warmup_epochs: int = 0
     free_bits: float = 0.0
+    objective: str = "elbo"  # elbo, iwae or iwae-dreg (importance-weighted bounds)
+    iw_samples: int = 1  # importance samples K per image (iwae, iwae-dreg)
+    corrupt: str | None = None  # denoising: corrupt the encoder input, mask:P or gaussian:S
 
     def __post_init__(self) -> None:
+        from trainer.corruption import parse_corruption
+
+        _check_choice("objective", self.objective, OBJECTIVES)
+        if self.iw_samples < 1:
+            raise VaegenError(f"--iw-samples must be >= 1; got {self.iw_samples}")
+        if self.objective == "elbo" and self.iw_samples != 1:
+            raise VaegenError("--iw-samples goes with --objective iwae or iwae-dreg")
+        parse_corruption(self.corrupt)
         if self.beta < 0:
             raise VaegenError(f"--beta must be >= 0; got {self.beta}")
         if self.kl_warmup_epochs < 0:

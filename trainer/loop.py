@@ -19,8 +19,11 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
+from trainer.collapse import latent_metrics
 from trainer.config import ModelConfig, TrainConfig
-from trainer.models import VAE, build_model, training_loss
+from trainer.corruption import parse_corruption
+from trainer.models import VAE, build_model
+from trainer.objectives import objective_loss
 
 CHECKPOINT_WEIGHTS = "model.safetensors"
 CHECKPOINT_OPTIMIZER = "optimizer.pt"
@@ -53,6 +56,7 @@ def _run_epoch(
     training = optimizer is not None
     model.train(training)
     sums = [0.0, 0.0, 0.0, 0.0]  # elbo, reconstruction, kl, count
+    corruption = parse_corruption(train_cfg.loss.corrupt)
     steps = max(len(loader), 1)
     with torch.set_grad_enabled(training):
         for step, (images, labels) in enumerate(loader):
@@ -61,8 +65,10 @@ def _run_epoch(
                 x = torch.bernoulli(x, generator=binarize_gen)  # dynamic binarization
             y = labels if _unwrap(model).cfg.conditional else None
             if training:
-                out = model(x, y)
-                loss = training_loss(out, train_cfg.loss, epoch + step / steps)
+                # Denoising: the encoder sees a corrupted copy, the likelihood scores x itself.
+                x_in = corruption.apply(x) if corruption is not None else x
+                out = model(x_in, y, target=x, samples=train_cfg.loss.iw_samples)
+                loss = objective_loss(out, train_cfg.loss, epoch + step / steps)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
@@ -154,6 +160,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             "samples_per_s": train["n"] / max(train_seconds, 1e-9),
             "epoch_seconds": time.perf_counter() - started,
             "world_size": world,
+            **latent_metrics(model, test_x, test_y, beta=train_cfg.loss.beta),
         }
         if rank == 0:
             with tempfile.TemporaryDirectory(prefix="vaegen-ckpt-") as tmp:

@@ -12,7 +12,12 @@ import torch
 from torch import nn
 
 from trainer.config import LossConfig, ModelConfig
-from trainer.likelihood import bernoulli_log_prob, gaussian_kl, gaussian_log_prob
+from trainer.likelihood import (
+    bernoulli_log_prob,
+    gaussian_kl,
+    gaussian_log_prob,
+    standard_normal_log_prob,
+)
 
 
 @dataclass
@@ -27,6 +32,19 @@ class VAEOutput:
     logvar: torch.Tensor
     z: torch.Tensor
     logits: torch.Tensor  # decoder pre-activation, [B, C, H, W]
+    # All K draws behind `reconstruction` (K = forward's `samples`), for the IWAE objectives.
+    samples: ImportanceSamples | None = None
+
+
+@dataclass
+class ImportanceSamples:
+    """K draws z_k ~ q(z|x[,y]) per image and their log densities in nats: the IWAE bound's
+    inputs (trainer.objectives.log_weights), shared by training and eval."""
+
+    z: torch.Tensor  # [K, B, D]
+    log_px: torch.Tensor  # log p(x|z_k[,y]), [K, B]
+    log_pz: torch.Tensor  # log p(z_k), [K, B]
+    logits: torch.Tensor  # [K, B, C, H, W]
 
 
 def _conv_sizes(height: int, width: int, stages: int) -> list[tuple[int, int, int]]:
@@ -160,11 +178,38 @@ class VAE(nn.Module):
         """z = mu + sigma * eps, so gradients flow through mu and sigma."""
         return mu + torch.exp(0.5 * logvar) * torch.randn_like(mu)
 
-    def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> VAEOutput:
+    def score_samples(
+        self, target: torch.Tensor, y: torch.Tensor | None, z: torch.Tensor
+    ) -> ImportanceSamples:
+        """Decode z [K, B, D] in one batch and score `target` [B, C, H, W] under each draw."""
+        k, b = z.shape[:2]
+        logits = self.decode_logits(z.flatten(0, 1), None if y is None else y.repeat(k))
+        # Draw i of image j sits at row i * B + j, so the labels and targets repeat whole.
+        flat_target = target.unsqueeze(0).expand(k, *target.shape).flatten(0, 1)
+        log_px = self.log_likelihood(flat_target, logits).unflatten(0, (k, b))
+        return ImportanceSamples(
+            z=z,
+            log_px=log_px,
+            log_pz=standard_normal_log_prob(z),
+            logits=logits.unflatten(0, (k, b)),
+        )
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor | None = None,
+        target: torch.Tensor | None = None,
+        samples: int = 1,
+    ) -> VAEOutput:
+        """`target` is the image the likelihood scores (the clean one when `x` is corrupted);
+        training draws `samples` z per image and `reconstruction` averages over them."""
         mu, logvar = self.encode(x, y)
-        z = self.reparameterize(mu, logvar) if self.training else mu
-        logits = self.decode_logits(z, y)
-        reconstruction = -self.log_likelihood(x, logits)
+        z = mu.expand(samples if self.training else 1, *mu.shape)
+        if self.training:
+            z = self.reparameterize(z, logvar)
+        drawn = self.score_samples(x if target is None else target, y, z)
+        z, logits = drawn.z[0], drawn.logits[0]
+        reconstruction = -drawn.log_px.mean(0)
         kl_per_dim = gaussian_kl(mu, logvar)
         kl = kl_per_dim.sum(1)
         return VAEOutput(
@@ -176,6 +221,7 @@ class VAE(nn.Module):
             logvar=logvar,
             z=z,
             logits=logits,
+            samples=drawn,
         )
 
     def sample_forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> VAEOutput:

@@ -12,8 +12,10 @@ import pytest
 import torch
 
 from eval import likelihood as lik
+from trainer.collapse import active_units
 from trainer.inputs import binarize_fixed, evaluation_inputs
 from trainer.likelihood import diag_normal_log_prob, standard_normal_log_prob
+from vaegen.errors import VaegenError
 
 MNIST_DIR = Path(__file__).resolve().parents[3] / "shared" / "data" / "mnist"
 CPU = torch.device("cpu")
@@ -135,3 +137,36 @@ def test_binarized_mnist_test_split_md5() -> None:
     x_bin = evaluation_inputs(test.images, binarize=True).reshape(len(test), -1)
     digest = hashlib.md5(x_bin.astype(np.float32).tobytes(), usedforsecurity=False).hexdigest()
     assert digest == "ac54ac6ca87fd738ecb66a4f3edfd607"
+
+
+def test_summary_reports_active_units_and_kl_per_unit(scored: dict[str, Any]) -> None:
+    res = scored["res"]
+    s = lik.summarize(res, None, None, scored["labels"], [str(i) for i in range(10)], 64)
+    assert s["active_units"] == active_units(torch.from_numpy(res.mu))
+    assert 1 <= s["active_units"] <= 8  # a trained model uses some of its 8 units
+    assert len(s["kl_per_unit_nats"]) == 8
+    # The closed-form KL is the same whatever z was drawn: its units add up to the KL term.
+    assert sum(s["kl_per_unit_nats"]) == pytest.approx(s["kl_nats"])
+
+
+def test_corrupted_reconstruction(cvae_model: Any, scored: dict[str, Any]) -> None:
+    targets, labels = scored["targets"], scored["labels"]
+
+    def run(spec: str, batch_size: int = 256, seed: int = 0) -> dict[str, Any]:
+        return lik.corrupted_reconstruction(
+            cvae_model, targets, labels, spec, device=CPU, batch_size=batch_size, seed=seed
+        )
+
+    # Nothing masked: the clean reconstruction errors, from the same z = mu.
+    clean = run("mask:0")
+    assert clean["mse_per_pixel"] == pytest.approx(float(scored["res"].mse.mean()))
+    assert clean["bce_per_pixel"] == pytest.approx(float(scored["res"].bce.mean()))
+    masked = run("mask:0.5")
+    assert masked["corruption"] == "mask:0.5"
+    assert masked["mse_per_pixel"] > clean["mse_per_pixel"]
+    assert run("gaussian:0.3")["mse_per_pixel"] > clean["mse_per_pixel"]
+    # One draw for the whole set: the batch size changes nothing, the seed changes the draw.
+    assert run("mask:0.5", batch_size=37) == pytest.approx(masked)
+    assert run("mask:0.5", seed=1)["mse_per_pixel"] != masked["mse_per_pixel"]
+    with pytest.raises(VaegenError, match="--corrupt takes"):
+        run("mask:2")
