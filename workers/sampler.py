@@ -58,6 +58,7 @@ class SamplerConfig:
     threads: int = 1
     io_binding: bool = False  # always on with gpu; settable on CPU so tests cover the path
     shard_delay: float = 0.0  # test hook: sleep per shard, so tests can kill things mid-job
+    shard_gate: str = ""  # test hook: a path; an actor's later shards wait until it exists
 
 
 def make_session(model: bytes, *, gpu: bool, threads: int):  # noqa: ANN201 - ort type is lazy
@@ -198,7 +199,14 @@ class ShardGenerator:
             )
         self.decoder = Decoder(bytes(model), cfg)
         self.node = _node()  # an actor never moves: look its node up once
+        self.calls = 0
 
     def __call__(self, plan: ShardPlan) -> ShardRecord:
         """One shard plan -> that shard's record, its file written."""
+        self.calls += 1
+        if self.calls > 1 and self.decoder.cfg.shard_gate:
+            # Tests hold a job at a known point (every live actor has made exactly one shard)
+            # while they kill something, instead of racing it with sleeps.
+            while not os.path.exists(self.decoder.cfg.shard_gate):
+                time.sleep(0.05)
         return generate_shard(self.decoder, plan, self.node)

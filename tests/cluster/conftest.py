@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import signal
@@ -9,7 +10,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import psutil
@@ -113,6 +114,25 @@ class RayNodes:
             env=self.env(**(env or {})), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
             text=True,
         )  # fmt: skip
+
+    @staticmethod
+    def wait_for_shards(
+        out: Path, proc: subprocess.Popen, done: Callable[[list[dict]], bool], timeout: float = 180
+    ) -> list[dict]:
+        """Poll `out`'s manifest until `done(shards)` holds; a job that ends first fails."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                shards = json.loads((out / "manifest.json").read_text())["shards"]
+            except (OSError, ValueError, KeyError):
+                shards = []
+            if done(shards):
+                return shards
+            if proc.poll() is not None:
+                raise AssertionError(f"generate ended first: {proc.communicate()[1][-3000:]}")
+            time.sleep(0.1)
+        proc.kill()
+        raise AssertionError(f"{out}: the shards never got there in {timeout} s")
 
     @staticmethod
     def finish(proc: subprocess.Popen, timeout: float = 300) -> tuple[int, str]:

@@ -26,9 +26,15 @@ def cluster(ray_nodes):  # noqa: ANN001, ANN201 - conftest's RayNodes
 
 def test_generate_spreads_over_two_nodes(cluster, tmp_path: Path, decoder: Path) -> None:  # noqa: ANN001
     out = tmp_path / "dataset"
-    # Actors are fed once they are up; slow shards keep the second node's actor from finding
-    # the job already done.
-    proc = cluster.generate(decoder, out, "--workers", "2", env={"VAEGEN_TEST_SHARD_DELAY": "0.3"})
+    # Actors are fed once they are up: the gate holds the first actor after one shard until the
+    # second, on the other node, has written one too, however long it takes to come up.
+    gate = tmp_path / "gate"
+    proc = cluster.generate(decoder, out, "--workers", "2",
+                            env={"VAEGEN_TEST_SHARD_GATE": str(gate)})  # fmt: skip
+    cluster.wait_for_shards(
+        out, proc, lambda shards: len({s["node"]["node_id"] for s in shards}) == 2
+    )
+    gate.touch()
     returncode, stderr = cluster.finish(proc)
     assert returncode == 0, stderr[-3000:]
     manifest = json.loads((out / "manifest.json").read_text())
