@@ -36,7 +36,6 @@ from workers.sampler import SamplerConfig
 from workers.spec import JobSpec, ShardPlan, plan_shards, shard_label_sequence
 from workers.writers import write_labels_csv
 
-SHARD_DELAY_ENV = "VAEGEN_TEST_SHARD_DELAY"  # test hook: seconds each actor sleeps per shard
 SHARD_GATE_ENV = "VAEGEN_TEST_SHARD_GATE"  # test hook: after its first shard, an actor waits
 PUSH_JOB = "vaegen_generate"
 
@@ -140,7 +139,6 @@ def _sampler_config(job: _Job) -> SamplerConfig:
         gpu=job.layout.num_gpus > 0,
         threads=job.layout.threads,
         io_binding=job.options.io_binding,
-        shard_delay=float(os.environ.get(SHARD_DELAY_ENV, "0") or 0),
         shard_gate=os.environ.get(SHARD_GATE_ENV, ""),
     )
 

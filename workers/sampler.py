@@ -57,7 +57,6 @@ class SamplerConfig:
     gpu: bool = False
     threads: int = 1
     io_binding: bool = False  # always on with gpu; settable on CPU so tests cover the path
-    shard_delay: float = 0.0  # test hook: sleep per shard, so tests can kill things mid-job
     shard_gate: str = ""  # test hook: a path; an actor's later shards wait until it exists
 
 
@@ -151,8 +150,6 @@ def generate_shard(decoder: Decoder, plan: ShardPlan, node: dict) -> ShardRecord
         images=images,
         class_names=cfg.class_names,
     )
-    if cfg.shard_delay > 0:
-        time.sleep(cfg.shard_delay)
     return ShardRecord(
         index=plan.index,
         file=written.file,

@@ -20,7 +20,7 @@ import psutil
 import pytest
 
 from vaegen.dataset_format import MANIFEST
-from workers.job import SHARD_DELAY_ENV
+from workers.job import SHARD_GATE_ENV
 
 REPO = Path(__file__).resolve().parents[2]
 PROMETHEUS = shutil.which("prometheus") or "/usr/bin/prometheus"
@@ -136,7 +136,10 @@ def test_prometheus_scrapes_and_pushgateway_gets_totals(
 ) -> None:
     prom, target = prometheus
     out = tmp_path / "ds"
-    env = {**os.environ, SHARD_DELAY_ENV: "1.5", "PYTHONPATH": str(REPO)}
+    # Each actor writes one shard, then waits at the gate until Prometheus has seen the partial
+    # total: a scrape while the job runs, whatever the load.
+    gate = tmp_path / "gate"
+    env = {**os.environ, SHARD_GATE_ENV: str(gate), "PYTHONPATH": str(REPO)}
     env.pop("RAY_ADDRESS", None)
     cmd = [sys.executable, "-m", "workers", str(cvae_onnx), "-n", str(N), "--class-counts",
            "1=100,2=500", "--shard-size", "100", "--workers", "2", "--out", str(out),
@@ -154,19 +157,11 @@ def test_prometheus_scrapes_and_pushgateway_gets_totals(
             # Ctrl-C must reach the job even when this run inherited an ignored SIGINT (`cmd &`).
             preexec_fn=_default_sigint,
         )
-    seen_partial = False
     try:
-        deadline = time.monotonic() + 240
-        total = None
-        while time.monotonic() < deadline:
-            if job.poll() is not None:
-                raise AssertionError(f"job ended before the check: {log.read_text()[-3000:]}")
-            total = _poll(prom, "sum(vaegen_generated_samples_total)")
-            seen_partial |= total is not None and 0 < total < N
-            if total == N:
-                break
-            time.sleep(0.5)
-        assert total == N
+        # Two shards of 100, one per actor, held there: Prometheus saw the job mid-way.
+        _wait_for_total(prom, job, log, lambda total: total == 200)
+        gate.touch()
+        assert _wait_for_total(prom, job, log, lambda total: total == N) == N
         manifest = json.loads((out / MANIFEST).read_text())
         assert manifest["complete"] and manifest["num_rows"] == N
         assert _query(prom, 'vaegen_generated_samples_total{label="2"}') == 500
@@ -195,8 +190,16 @@ def test_prometheus_scrapes_and_pushgateway_gets_totals(
                 child.kill()
         psutil.wait_procs(tree, timeout=30)
         print(f"job output:\n{log.read_text()[-3000:]}")  # shown by pytest if the test failed
-    # Prometheus scraped while the job ran, not only at the end (1.5 s per shard, 3 rounds).
-    assert (
-        seen_partial
-        or _query(prom, "min_over_time(sum(vaegen_generated_samples_total)[5m:1s])") < N
-    )
+
+
+def _wait_for_total(prom: str, job: subprocess.Popen, log: Path, done) -> float:  # noqa: ANN001
+    """The scraped sum of vaegen_generated_samples_total, once `done(total)` holds."""
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline:
+        if job.poll() is not None:
+            raise AssertionError(f"job ended before the check: {log.read_text()[-3000:]}")
+        total = _poll(prom, "sum(vaegen_generated_samples_total)")
+        if total is not None and done(total):
+            return total
+        time.sleep(0.5)
+    raise AssertionError("Prometheus never scraped the total the test waits for")
