@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from eval.loading import LoadedRun
 from vaegen.atomic import atomic_path
 
 FIGURES_DIR = "figures"
@@ -227,3 +228,57 @@ def training_curves(rows: list[dict[str, Any]], path: Path) -> Path | None:
         ax.legend(fontsize=7)
     fig.tight_layout()
     return _save(fig, path)
+
+
+def _reconstructions_png(run: LoadedRun, rng: np.random.Generator, device: Any, path: Path) -> Path:
+    targets, labels = run.real.targets, run.real.test.labels
+    pick = rng.choice(len(targets), size=min(10, len(targets)), replace=False)
+    recon = reconstructions(run.model, targets[pick], labels[pick], device)
+    rows = [targets[pick], recon]
+    return image_rows(rows, ["input", "reconstruction"], "reconstructions (z = mu)", path)
+
+
+def _interpolations_png(
+    run: LoadedRun, rng: np.random.Generator, device: Any, path: Path
+) -> Path | None:
+    targets, labels = run.real.targets, run.real.test.labels
+    pairs = min(5, len(targets) // 2)
+    if not pairs:
+        return None
+    order = rng.choice(len(targets), size=2 * pairs, replace=False)
+    a, b = order[:pairs], order[pairs:]
+    rows = interpolations(run.model, targets[a], targets[b], labels[a], labels[b], device)
+    names = [f"{run.real.class_names[labels[i]]}" for i in a]
+    return image_rows(rows, names, "latent interpolations", path)
+
+
+def draw_report_figures(
+    out: Path,
+    run: LoadedRun,
+    mu: np.ndarray,
+    grid: tuple[np.ndarray, np.ndarray],
+    device: Any,
+    seed: int,
+) -> dict[str, str | None]:
+    """Every figure of the report: `grid` is (images, labels) of generated samples, `mu` the
+    test split's encoder means. Returns caption -> path relative to `out` (None: not drawn)."""
+    fig_dir = out / FIGURES_DIR
+    fig_dir.mkdir(parents=True, exist_ok=True)
+    names = run.real.class_names
+    labels = run.real.test.labels
+    rng = np.random.default_rng(seed)  # one stream: reconstructions, then interpolations
+    drawn: dict[str, Path | None] = {
+        "Samples per class": sample_grid(*grid, names, fig_dir / "samples.png"),
+    }
+    drawn["Reconstructions beside inputs"] = _reconstructions_png(
+        run, rng, device, fig_dir / "reconstructions.png"
+    )
+    interpolated = _interpolations_png(run, rng, device, fig_dir / "interpolations.png")
+    if interpolated is not None:
+        drawn["Latent interpolations"] = interpolated
+    drawn["Latent means, PCA, by class"] = latent_scatter(
+        mu, labels, names, fig_dir / "latent_scatter.png"
+    )
+    curves = training_curves(read_train_log(run.train_log), fig_dir / "training_curves.png")
+    drawn["Training curves"] = curves
+    return {k: None if p is None else f"{FIGURES_DIR}/{p.name}" for k, p in drawn.items()}

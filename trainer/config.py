@@ -1,4 +1,8 @@
-"""Frozen configs. `ModelConfig` is saved next to the weights and alone rebuilds the model."""
+"""Frozen configs. `ModelConfig` is saved next to the weights and alone rebuilds the model.
+
+A field declared with `flag(default, help)` is also a `vaegen train` option and a pipeline
+[train] key (vaegen/options.py); that declaration is the only place to add one.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from vaegen.errors import VaegenError
+from vaegen.options import INT_LIST, flag
 
 MODELS = ("vae", "cvae")
 ARCHS = ("mlp", "conv")
@@ -24,16 +29,20 @@ def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
 class ModelConfig:
     """Everything needed to rebuild a VAE/CVAE, apart from its weights."""
 
-    model: str = "cvae"
-    arch: str = "mlp"
-    image_shape: tuple[int, int, int] = (1, 8, 8)
+    model: str = flag("cvae", "vae or cvae (label fed to encoder and decoder).")
+    arch: str = flag("mlp", "mlp or conv.")
+    image_shape: tuple[int, int, int] = (1, 8, 8)  # the dataset's, read by build_configs
     num_classes: int = 10
-    latent_dim: int = 16
-    hidden_dims: tuple[int, ...] = (512, 256)
-    conv_channels: tuple[int, ...] = (32, 64)
-    likelihood: str = "bernoulli"
-    gaussian_variance: str = "learned"
-    gaussian_std: float = 0.1
+    latent_dim: int = flag(16, "Size of z.")
+    hidden_dims: tuple[int, ...] = flag(
+        (512, 256), "MLP hidden sizes, encoder order.", codec=INT_LIST
+    )
+    conv_channels: tuple[int, ...] = flag(
+        (32, 64), "Conv channels per stage (conv arch).", codec=INT_LIST
+    )
+    likelihood: str = flag("bernoulli", "bernoulli (BCE) or gaussian (MSE).")
+    gaussian_variance: str = flag("learned", "fixed or learned (gaussian only).")
+    gaussian_std: float = flag(0.1, "Fixed (or initial) decoder std.")
 
     def __post_init__(self) -> None:
         _check_choice("model", self.model, MODELS)
@@ -82,12 +91,12 @@ class ModelConfig:
 class LossConfig:
     """How the ELBO terms are weighted during training (evaluation always uses beta = 1)."""
 
-    beta: float = 1.0
-    kl_warmup_epochs: int = 0
-    free_bits: float = 0.0
-    objective: str = "elbo"  # elbo, iwae or iwae-dreg (importance-weighted bounds)
-    iw_samples: int = 1  # importance samples K per image (iwae, iwae-dreg)
-    corrupt: str | None = None  # denoising: corrupt the encoder input, mask:P or gaussian:S
+    beta: float = flag(1.0, "KL weight.")
+    kl_warmup_epochs: int = flag(0, "Linear KL warm-up from 0 to beta.")
+    free_bits: float = flag(0.0, "Free bits, nats per latent dimension.")
+    objective: str = flag("elbo", "elbo, iwae or iwae-dreg (importance-weighted bounds).")
+    iw_samples: int = flag(1, "Importance samples K per image (iwae, iwae-dreg).")
+    corrupt: str | None = flag(None, "Denoise: corrupt the encoder input, mask:P or gaussian:S.")
 
     def __post_init__(self) -> None:
         from trainer.corruption import parse_corruption
@@ -116,18 +125,18 @@ class LossConfig:
 class TrainConfig:
     """One training run: data, optimisation and Ray scaling. Saved in RUN/model/config.json."""
 
-    dataset: str = "digits"
-    data_dir: str | None = None
-    image_size: int | None = None
-    binarize: bool = False
-    epochs: int = 10
-    batch_size: int = 128
-    lr: float = 1e-3
-    workers: int = 2
-    gpu: bool = False
-    seed: int = 0
+    dataset: str = flag("digits", "digits, mnist, fashion-mnist or imagefolder:PATH.")
+    data_dir: str | None = flag(None, "Folder holding the dataset's IDX files.")
+    image_size: int | None = flag(None, "Resize images to SIZE x SIZE.")
+    binarize: bool = flag(False, "Dynamic binarization (bernoulli only).")
+    epochs: int = flag(10, "Training epochs.")
+    batch_size: int = flag(128, "Global batch size (split across workers).")
+    lr: float = flag(1e-3, "Adam learning rate.")
+    workers: int = flag(2, "Ray Train workers (DDP).")
+    gpu: bool = flag(False, "One GPU per worker.")
+    seed: int = flag(0, "Random seed.")
     keep_checkpoints: int = 3
-    max_failures: int = 3
+    max_failures: int = flag(3, "Worker failures survived, from checkpoints.")
     loss: LossConfig = field(default_factory=LossConfig)
 
     def __post_init__(self) -> None:
@@ -152,3 +161,9 @@ class TrainConfig:
         kwargs = dict(data)
         kwargs["loss"] = LossConfig(**kwargs.get("loss", {}))
         return cls(**kwargs)
+
+
+def check_compatible(model_cfg: ModelConfig, train_cfg: TrainConfig) -> None:
+    """What no single config can check on its own."""
+    if model_cfg.likelihood == "gaussian" and train_cfg.binarize:
+        raise VaegenError("--binarize goes with the bernoulli likelihood only")

@@ -37,13 +37,15 @@ def _new_temp(final: Path) -> Path:
 def atomic_path(final: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary path beside `final`; rename it onto `final` only if the body succeeds."""
     final = Path(final)
-    final.parent.mkdir(parents=True, exist_ok=True)
+    if not final.parent.is_dir():  # a stat, not a failing mkdir: imagefolder writes many files
+        final.parent.mkdir(parents=True, exist_ok=True)
     tmp = _new_temp(final)
     try:
         yield tmp
         os.replace(tmp, final)
-    finally:
+    except BaseException:
         tmp.unlink(missing_ok=True)
+        raise
 
 
 def write_bytes_atomic(final: str | os.PathLike[str], data: bytes | memoryview) -> None:

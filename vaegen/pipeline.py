@@ -14,7 +14,6 @@ stages it reads) matches; `force` reruns everything.
 from __future__ import annotations
 
 import hashlib
-import inspect
 import json
 import shutil
 import time
@@ -67,10 +66,6 @@ def _check_keys(section: str, values: dict[str, Any], allowed: set[str]) -> None
         )
 
 
-def _params(func: Callable[..., Any]) -> set[str]:
-    return {p.name for p in inspect.signature(func).parameters.values() if p.kind == p.KEYWORD_ONLY}
-
-
 def load_config(path: str | Path) -> PipelineConfig:
     """Parse and check the TOML file; relative paths are relative to the current directory."""
     path = Path(path)
@@ -83,18 +78,19 @@ def load_config(path: str | Path) -> PipelineConfig:
     _check_keys("top level", raw, {"out", *STAGES})
     if "out" not in raw:
         raise VaegenError(f'{path} needs a top-level `out = "DIR"`')
-    from eval.run import EvalOptions
-    from trainer.options import build_configs
+    # Both modules are torch-free: listing keys imports no stage's heavy dependencies.
+    from eval.options import EvalOptions
+    from trainer.options import CONFIGS
+    from vaegen.options import flag_names
 
     sections = {stage: raw.get(stage, {}) for stage in STAGES}
     for stage, values in sections.items():
         if not isinstance(values, dict):
             raise VaegenError(f"[{stage}] must be a table")
-    _check_keys("train", sections["train"], _params(build_configs))
+    _check_keys("train", sections["train"], set(flag_names(*CONFIGS)))
     _check_keys("export", sections["export"], {"fp16", "optimize"})
     _check_keys("generate", sections["generate"], set(SPEC_KEYS) | set(RUN_KEYS))
-    eval_fields = set(inspect.signature(EvalOptions).parameters) - {"samples"}
-    _check_keys("eval", sections["eval"], eval_fields)
+    _check_keys("eval", sections["eval"], set(flag_names(EvalOptions)) - {"samples"})
     return PipelineConfig(out=Path(raw["out"]), **sections)
 
 
@@ -163,9 +159,12 @@ def _run_generate(cfg: PipelineConfig, ray_address: str | None) -> str:
 
 
 def _run_eval(cfg: PipelineConfig, ray_address: str | None) -> str:
+    from eval.options import EvalOptions
     from eval.run import evaluate
+    from vaegen.options import build
 
-    evaluate(cfg.run_dir, cfg.report_dir, samples=str(cfg.dataset_dir), **cfg.eval)
+    options = build(EvalOptions, {**cfg.eval, "samples": str(cfg.dataset_dir)})
+    evaluate(cfg.run_dir, cfg.report_dir, options)
     return str(cfg.report_dir / "report.html")
 
 

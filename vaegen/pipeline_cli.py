@@ -12,6 +12,7 @@ from vaegen.cliutil import (
     METRICS_PORT_OPTION,
     RAY_ADDRESS_OPTION,
     handle_errors,
+    serve_metrics_if_asked,
     single_command_app,
 )
 
@@ -53,10 +54,7 @@ def pipeline(
     from vaegen.pipeline import load_config, run_pipeline
 
     cfg = load_config(config)
-    if metrics_port is not None:
-        from vaegen.telemetry import serve_metrics
-
-        serve_metrics(metrics_port, metrics_host)  # every stage's metrics, one endpoint
+    serve_metrics_if_asked(metrics_port, metrics_host)  # every stage's metrics, one endpoint
     run_pipeline(cfg, force=force, ray_address=ray_address)
     print(f"report: {cfg.report_dir / 'report.html'}")
     print(_summary_table(cfg.report_dir))

@@ -58,3 +58,18 @@ def test_unwritable_output_exits_2(tmp_path: Path) -> None:
     code, output = _invoke("--epochs", "1", "--out", str(blocker / "run"))
     assert code == 2, output
     assert "cannot write" in output
+
+
+def test_flags_reach_the_configs() -> None:
+    """CLI text and pipeline TOML values land in the frozen configs; cross-config checks hold."""
+    from trainer.options import build_configs
+    from vaegen.errors import VaegenError
+
+    model_cfg, train_cfg = build_configs(hidden_dims="3,4", conv_channels=[5], beta=2.0, epochs=1)
+    assert model_cfg.hidden_dims == (3, 4) and model_cfg.conv_channels == (5,)
+    assert train_cfg.loss.beta == 2.0 and train_cfg.epochs == 1
+    assert model_cfg.image_shape == (1, 8, 8) and model_cfg.num_classes == 10  # from digits
+    with pytest.raises(VaegenError, match="--binarize"):
+        build_configs(likelihood="gaussian", binarize=True)
+    with pytest.raises(VaegenError, match="epochz"):
+        build_configs(epochz=3)
