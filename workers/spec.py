@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from vaegen.dataset_format import ENCODINGS, FORMATS, UNLABELED, balanced_counts, label_name
+from vaegen.dataset_format import ENCODINGS, FORMATS, UNLABELED, balanced_counts
 from vaegen.errors import VaegenError
 from workers.decoder_meta import DecoderInfo, read_decoder
 
@@ -47,9 +47,6 @@ class JobSpec:
     @property
     def num_shards(self) -> int:
         return math.ceil(self.num_samples / self.shard_size)
-
-    def label_name(self, label: int) -> str:
-        return label_name(label, self.decoder.class_names)
 
     def to_json(self) -> dict:
         """The manifest's "spec" block; resume compares it field by field."""

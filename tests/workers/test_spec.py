@@ -8,11 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from vaegen.dataset_format import UNLABELED, label_name
 from vaegen.errors import VaegenError
 from workers.spec import (
     DEFAULT_BATCH_SIZE,
     GPU_BATCH_SIZE,
-    UNLABELED,
     build_spec,
     default_batch_size,
     plan_shards,
@@ -35,7 +35,8 @@ def test_balanced_split_gives_remainder_to_lowest_labels(cvae_onnx: Path) -> Non
 
 def test_vae_is_unlabeled(vae_onnx: Path) -> None:
     spec = build_spec(str(vae_onnx), 11)
-    assert spec.class_counts == ((UNLABELED, 11),) and spec.label_name(UNLABELED) == ""
+    assert spec.class_counts == ((UNLABELED, 11),)
+    assert label_name(UNLABELED, spec.decoder.class_names) == ""
 
 
 @pytest.mark.parametrize(
