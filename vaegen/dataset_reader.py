@@ -1,8 +1,9 @@
 """The one DATASET reader (torch-free): a manifest, its shards, their rows as numpy arrays.
 
-Eval scores what it reads here and the workers' tests check what they wrote with it. Every
-shard is checked against the manifest's sha256 and the contract (vaegen.dataset_format); a
-break raises DatasetError (exit 2) naming the dataset and the reason.
+Eval scores what it reads here and the workers' tests check what they wrote with it. A parquet
+or npz shard is checked against the sha256 the manifest lists for it; an imagefolder is read
+through labels.csv, its PNGs unhashed. Everything is checked against the contract
+(vaegen.dataset_format); a break raises DatasetError (exit 2) naming the dataset and the reason.
 """
 
 from __future__ import annotations

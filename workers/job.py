@@ -2,8 +2,9 @@
 
 Actors write their shard files themselves; only small records flow back, and the driver folds
 them, in completion order, into the manifest, the metrics and the progress bar. Peak memory
-therefore depends on the shard size, never on --num-samples. The parts: workers.outdir (what
---out may hold), workers.layout (pool size), workers.pool (the actors), workers.manifest.
+therefore depends on the shard size; --num-samples adds only the manifest's entry per shard.
+The parts: workers.outdir (what --out may hold), workers.layout (pool size), workers.pool (the
+actors), workers.manifest.
 
 Plain Ray actors rather than Ray Data's `map_batches`: this job reads no input blocks and
 returns no data, and on 2 CPUs Ray Data's executor cost a fixed 1.3 s per job (2.9 s for a
