@@ -79,6 +79,9 @@ def flag_fields(*configs: type) -> list[FlagField]:
             if meta is not None:
                 kind = str if meta.codec else hints[f.name]
                 found.append(FlagField(f.name, config, f.default, kind, meta))
+    names = [f.name for f in found]
+    if len(set(names)) != len(names):  # one flat namespace: a name must say which config
+        raise TypeError(f"flag names repeat across {[c.__name__ for c in configs]}: {names}")
     return found
 
 

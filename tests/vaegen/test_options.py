@@ -75,3 +75,12 @@ def test_deal_sends_each_option_to_its_config_and_refuses_strangers() -> None:
     with pytest.raises(VaegenError, match="derived"):
         deal({"derived": 1}, Knobs, Other)
     assert flag_names(Knobs, Other) == ["size", "name", "loud", "dims", "hidden", "rate"]
+
+
+def test_a_name_declared_in_two_configs_is_refused() -> None:
+    @dataclass(frozen=True)
+    class Twin:
+        rate: float = flag(0.1, "Another rate.")
+
+    with pytest.raises(TypeError, match="repeat"):
+        deal({"rate": 1.0}, Other, Twin)
