@@ -10,10 +10,10 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from trainer.checkpoint import save_model
-from trainer.config import ModelConfig, TrainConfig
+from trainer.config import ModelConfig, TrainConfig, check_compatible
 from vaegen.atomic import ensure_writable_dir
 from vaegen.errors import VaegenError
 
@@ -83,15 +83,27 @@ def train(
     show_progress: bool = True,
 ) -> TrainResult:
     """Train on Ray and write RUN/{model,checkpoints,train_log.jsonl}."""
-    from trainer.datasets import load_dataset
-    from trainer.inputs import evaluation_inputs
-    from trainer.loop import pack_data, train_loop_per_worker
-
     run_dir = Path(out).resolve()
+    _check_resume(run_dir, resume)
+    splits = _load_splits(model_cfg, train_cfg)
+    ensure_writable_dir(run_dir)
+    trainer, queue = _make_trainer(model_cfg, train_cfg, run_dir, splits, ray_address)
+    result, last, epochs_run = _fit(trainer, queue, run_dir, train_cfg.epochs, show_progress)
+    model_dir = run_dir / MODEL
+    final = _save_model(result, last, model_cfg, train_cfg, splits, model_dir)
+    return TrainResult(run_dir=run_dir, model_dir=model_dir, metrics=final, epochs_run=epochs_run)
+
+
+def _check_resume(run_dir: Path, resume: bool) -> None:
     if _has_checkpoints(run_dir) and not resume:
         raise VaegenError(f"{run_dir} already holds a training run; pass --resume or a new --out")
     if resume and not _has_checkpoints(run_dir):
         raise VaegenError(f"--resume: {run_dir} has no checkpoints to resume from")
+
+
+def _load_splits(model_cfg: ModelConfig, train_cfg: TrainConfig) -> tuple[Any, Any]:
+    """(train, test) datasets, checked against the configs before Ray starts."""
+    from trainer.datasets import load_dataset
 
     kwargs = {"data_dir": train_cfg.data_dir, "image_size": train_cfg.image_size}
     train_set = load_dataset(train_cfg.dataset, "train", **kwargs)
@@ -100,15 +112,25 @@ def train(
         raise VaegenError(
             f"model image shape {model_cfg.image_shape} != dataset {train_set.image_shape}"
         )
-    if model_cfg.likelihood == "gaussian" and train_cfg.binarize:
-        raise VaegenError("--binarize goes with the bernoulli likelihood only")
-    ensure_writable_dir(run_dir)
+    check_compatible(model_cfg, train_cfg)
+    return train_set, test_set
 
+
+def _make_trainer(
+    model_cfg: ModelConfig,
+    train_cfg: TrainConfig,
+    run_dir: Path,
+    splits: tuple[Any, Any],
+    ray_address: str | None,
+) -> tuple[Any, Any]:
+    """Start Ray; returns the TorchTrainer and the queue its callback sends each epoch to."""
     import ray
     from ray.train import CheckpointConfig, FailureConfig, RunConfig
     from ray.train.torch import TorchTrainer
-    from ray.util.queue import Empty, Queue
+    from ray.util.queue import Queue
 
+    from trainer.inputs import evaluation_inputs
+    from trainer.loop import pack_data, train_loop_per_worker
     from vaegen.raycluster import init_ray
 
     # Ray Train's controller polls workers every 2 s by default, and each epoch's report waits
@@ -116,12 +138,9 @@ def train(
     os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
     init_ray(ray_address)
     scaling, threads = _scaling(train_cfg.workers, train_cfg.gpu)
-    data = pack_data(
-        train_set.images,
-        train_set.labels,
-        evaluation_inputs(test_set.images, train_cfg.binarize),
-        test_set.labels,
-    )
+    train_set, test_set = splits
+    test_inputs = evaluation_inputs(test_set.images, train_cfg.binarize)
+    data = pack_data(train_set.images, train_set.labels, test_inputs, test_set.labels)
     queue = Queue(actor_options={"num_cpus": 0})
     trainer = TorchTrainer(
         train_loop_per_worker,
@@ -140,6 +159,20 @@ def train(
             callbacks=[_forward_metrics_callback(queue)],
         ),
     )
+    return trainer, queue
+
+
+def _fit(
+    trainer: Any, queue: Any, run_dir: Path, epochs: int, show_progress: bool
+) -> tuple[Any, dict[str, Any], int]:
+    """Run `trainer.fit()` on a thread while this one logs each epoch as it arrives.
+
+    Returns Ray's result, the last epoch's metrics and the number of epochs run.
+    """
+    from ray.util.queue import Empty
+
+    from vaegen.progress import progress
+
     outcome: dict[str, Any] = {}
 
     def fit() -> None:
@@ -152,55 +185,69 @@ def train(
     thread.start()
     last: dict[str, Any] = {}
     epochs_run = 0
-    from vaegen import telemetry
-    from vaegen.progress import progress
-
     with (
-        progress("train", train_cfg.epochs) as bar,
+        progress("train", epochs) as bar,
         open(run_dir / TRAIN_LOG, "a", encoding="utf-8") as log,
     ):
         while True:
             try:
-                metrics = queue.get(timeout=0.5)
+                last = queue.get(timeout=0.5)
             except Empty:
                 if not thread.is_alive() and queue.empty():
                     break
                 continue
-            metrics["time"] = time.time()
-            log.write(json.dumps(metrics) + "\n")
-            log.flush()
-            last = metrics
             epochs_run += 1
-            telemetry.TRAIN_EPOCH_SECONDS.observe(metrics["epoch_seconds"])
-            for term in ("elbo", "reconstruction", "kl"):
-                telemetry.TRAIN_LOSS.labels(term=f"train_{term}").set(metrics[f"train_{term}"])
-                telemetry.TRAIN_LOSS.labels(term=f"test_{term}").set(metrics[f"test_{term}"])
-            if show_progress:
-                bar.advance(
-                    1,
-                    info=f"epoch {metrics['epoch'] + 1}: test ELBO {metrics['test_elbo']:.2f} "
-                    f"({metrics['samples_per_s']:,.0f} samples/s)",
-                )
+            _record_epoch(last, log, bar if show_progress else None)
     thread.join()
     if "error" in outcome:
         raise outcome["error"]
-    result = outcome["result"]
-    if result.error is not None:
-        raise RuntimeError(f"training failed: {result.error}")
-    if result.checkpoint is None:
-        raise RuntimeError("training finished without a checkpoint")
+    return outcome["result"], last, epochs_run
+
+
+def _record_epoch(metrics: dict[str, Any], log: IO[str], bar: Any | None) -> None:
+    """One epoch's metrics: a train_log.jsonl line, the Prometheus gauges, the progress bar."""
+    from vaegen import telemetry
+
+    metrics["time"] = time.time()
+    log.write(json.dumps(metrics) + "\n")
+    log.flush()
+    telemetry.TRAIN_EPOCH_SECONDS.observe(metrics["epoch_seconds"])
+    for term in ("elbo", "reconstruction", "kl"):
+        telemetry.TRAIN_LOSS.labels(term=f"train_{term}").set(metrics[f"train_{term}"])
+        telemetry.TRAIN_LOSS.labels(term=f"test_{term}").set(metrics[f"test_{term}"])
+    if bar is not None:
+        bar.advance(
+            1,
+            info=f"epoch {metrics['epoch'] + 1}: test ELBO {metrics['test_elbo']:.2f} "
+            f"({metrics['samples_per_s']:,.0f} samples/s)",
+        )
+
+
+def _save_model(
+    result: Any,
+    last: dict[str, Any],
+    model_cfg: ModelConfig,
+    train_cfg: TrainConfig,
+    splits: tuple[Any, Any],
+    model_dir: Path,
+) -> dict[str, Any]:
+    """RUN/model from Ray's last checkpoint (written aside, then swapped in); its metrics."""
     from safetensors.torch import load_file
 
     from trainer.loop import CHECKPOINT_STATE, CHECKPOINT_WEIGHTS
     from trainer.models import build_model
 
+    if result.error is not None:
+        raise RuntimeError(f"training failed: {result.error}")
+    if result.checkpoint is None:
+        raise RuntimeError("training finished without a checkpoint")
     model = build_model(model_cfg)
     with result.checkpoint.as_directory() as directory:
         model.load_state_dict(load_file(str(Path(directory) / CHECKPOINT_WEIGHTS)))
         state = json.loads((Path(directory) / CHECKPOINT_STATE).read_text())
     final = state.get("metrics", last)
-    model_dir = run_dir / MODEL
-    staging = run_dir / f".{MODEL}.tmp"
+    train_set, test_set = splits
+    staging = model_dir.with_name(f".{MODEL}.tmp")
     shutil.rmtree(staging, ignore_errors=True)
     save_model(
         staging,
@@ -216,4 +263,4 @@ def train(
         metrics=final,
     )
     _swap_in(staging, model_dir)
-    return TrainResult(run_dir=run_dir, model_dir=model_dir, metrics=final, epochs_run=epochs_run)
+    return final
