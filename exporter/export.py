@@ -108,6 +108,26 @@ def export_decoder(
             "--optimize writes a CPU-optimized fp32 graph; it does not combine with --fp16"
         )
     model, info = load_model(run_dir)
+    precision = "fp16" if fp16 else "fp32"
+    props = _metadata(model, info, precision)
+    out_path = _check_out(Path(out) if out is not None else default_output(info.model_dir))
+    proto = export_onnx(model, fp16=fp16)
+    check_signature(proto, model.cfg)
+    attach_metadata(proto, props)
+    written = _write_verified(proto, model, out_path, precision, optimize)
+    return ExportResult(
+        path=out_path,
+        optimized_path=written.optimized_path,
+        precision=precision,
+        opset=OPSET,
+        metadata=props,
+        parity=written.parity,
+        size_bytes=written.size_bytes,
+        seconds=time.perf_counter() - start,
+    )
+
+
+def _metadata(model: Any, info: Any, precision: str) -> dict[str, str]:
     cfg = model.cfg
     shape = info.dataset.get("image_shape")
     if shape is not None and list(shape) != list(cfg.image_shape):
@@ -115,8 +135,7 @@ def export_decoder(
             f"config.json disagrees with itself: dataset image_shape {shape}, "
             f"model image_shape {list(cfg.image_shape)}"
         )
-    precision = "fp16" if fp16 else "fp32"
-    props = build_metadata(
+    return build_metadata(
         cfg,
         info.class_names,
         source_sha256=_verified_source_sha(info.model_dir),
@@ -124,13 +143,21 @@ def export_decoder(
         precision=precision,
         dataset=str(info.dataset.get("name", "")),
     )
-    out_path = _check_out(Path(out) if out is not None else default_output(info.model_dir))
-    proto = export_onnx(model, fp16=fp16)
-    check_signature(proto, cfg)
-    attach_metadata(proto, props)
 
+
+@dataclass(frozen=True)
+class _Written:
+    optimized_path: Path | None
+    parity: tuple[ParityReport, ...]
+    size_bytes: int
+
+
+def _write_verified(
+    proto: Any, model: Any, out_path: Path, precision: str, optimize: bool
+) -> _Written:
+    """Save, check and only then rename the graph (and its optimized copy)."""
     onnx = require("onnx")
-    tolerance = FP16_TOLERANCE if fp16 else FP32_TOLERANCE
+    tolerance = FP16_TOLERANCE if precision == "fp16" else FP32_TOLERANCE
     reports: list[ParityReport] = []
     opt_final: Path | None = None
     with atomic_path(out_path) as tmp:
@@ -146,13 +173,4 @@ def export_decoder(
                     raise InternalFailure("onnxruntime dropped the metadata of the optimized file")
                 reports.append(_verify(opt_tmp, model, f"{precision}-opt", tolerance))
         size = tmp.stat().st_size
-    return ExportResult(
-        path=out_path,
-        optimized_path=opt_final,
-        precision=precision,
-        opset=OPSET,
-        metadata=props,
-        parity=tuple(reports),
-        size_bytes=size,
-        seconds=time.perf_counter() - start,
-    )
+    return _Written(opt_final, tuple(reports), size)

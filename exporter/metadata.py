@@ -1,7 +1,8 @@
 """decoder.onnx metadata props: written by the exporter, read by anyone holding the file.
 
-Values are strings (ONNX metadata is str -> str): integers in decimal, lists as JSON.
-`read_metadata` needs only the onnx package (no torch), so workers and eval can use it.
+Values are strings (ONNX metadata is str -> str): integers in decimal, lists as JSON. The keys
+and their parser live in vaegen.contracts, which the workers read them with; `read_metadata`
+(the exporter's check of its optimized copy, and the tests) needs only the onnx package.
 """
 
 from __future__ import annotations
@@ -10,12 +11,8 @@ import json
 import os
 from typing import Any
 
-from vaegen.contracts import DECODER_METADATA_KEYS, load_onnx, parse_decoder_metadata
+from vaegen.contracts import load_onnx, parse_decoder_metadata
 from vaegen.errors import VaegenError
-
-REQUIRED_KEYS = DECODER_METADATA_KEYS
-# Extra keys beyond DESIGN.md's set: informative only, readers must not require them.
-EXTRA_KEYS = ("model", "arch", "precision", "dataset")
 
 
 def build_metadata(
@@ -26,7 +23,11 @@ def build_metadata(
     precision: str,
     dataset: str = "",
 ) -> dict[str, str]:
-    """The props for a model config. A plain VAE gets num_classes 0 and no class names."""
+    """The props for a model config. A plain VAE gets num_classes 0 and no class names.
+
+    Beyond DESIGN.md's keys (vaegen.contracts.DECODER_METADATA_KEYS), model, arch, precision
+    and dataset are informative only: readers must not require them.
+    """
     num_classes = cfg.num_classes if cfg.conditional else 0
     names = list(class_names) if cfg.conditional else []
     if cfg.conditional and not names:
@@ -58,11 +59,6 @@ def attach_metadata(proto: Any, props: dict[str, str]) -> None:
         entry.key, entry.value = key, value
 
 
-def parse_metadata(props: dict[str, str], where: str = "decoder") -> dict[str, Any]:
-    """Typed values of raw props (the one parser in vaegen.contracts, shared with workers)."""
-    return parse_decoder_metadata(props, where)
-
-
 def read_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
     """The typed metadata of a vaegen decoder.onnx (or decoder.opt.onnx), or VaegenError.
 
@@ -74,4 +70,5 @@ def read_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
 
     require("onnx")  # an install hint, not a traceback, if it is missing
     proto = load_onnx(path)
-    return parse_metadata({p.key: p.value for p in proto.metadata_props}, where=str(path))
+    props = {p.key: p.value for p in proto.metadata_props}
+    return parse_decoder_metadata(props, where=str(path))

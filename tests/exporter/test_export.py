@@ -12,9 +12,10 @@ import onnxruntime as ort
 import pytest
 
 from exporter.export import export_decoder
-from exporter.metadata import REQUIRED_KEYS, read_metadata
+from exporter.metadata import read_metadata
 from exporter.parity import FP16_TOLERANCE, FP32_TOLERANCE
 from trainer.checkpoint import sha256_file
+from vaegen.contracts import DECODER_METADATA_KEYS as REQUIRED_KEYS
 
 CELLS = [
     (model, arch, likelihood)

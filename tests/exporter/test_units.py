@@ -10,10 +10,11 @@ import pytest
 
 import exporter._deps
 from exporter.graph import check_signature, export_onnx
-from exporter.metadata import attach_metadata, build_metadata, parse_metadata, read_metadata
+from exporter.metadata import attach_metadata, build_metadata, read_metadata
 from exporter.parity import ParityReport, Tolerance, parity_inputs
 from trainer.config import ModelConfig
 from trainer.models import build_model
+from vaegen.contracts import parse_decoder_metadata as parse_metadata
 from vaegen.errors import InternalFailure, MissingDependency, VaegenError
 
 
