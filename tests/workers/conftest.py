@@ -1,12 +1,17 @@
-"""Fixtures for the workers tests: a small valid vaegen decoder built directly with onnx.helper."""
+"""Fixtures for the workers tests: a small valid vaegen decoder built directly with onnx.helper,
+and the SIGKILL of a driver with its local Ray."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
+import subprocess
 from pathlib import Path
 
 import numpy as np
+import psutil
 import pytest
 
 
@@ -109,3 +114,22 @@ def vae_onnx(decoder_dir: Path) -> Path:
 def make_decoder():  # noqa: ANN201 - returns make_test_decoder
     """make_test_decoder as a fixture: importlib mode cannot import conftest by name."""
     return make_test_decoder
+
+
+def kill_driver_tree(proc: subprocess.Popen) -> None:
+    """SIGKILL a driver; its local Ray (GCS, raylet, actors) goes down too, as on a lost machine.
+
+    Ray's own fate-sharing takes a minute for some agents, so they are ended now, by pid.
+    """
+    tree = psutil.Process(proc.pid).children(recursive=True)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    for child in tree:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            child.kill()
+    psutil.wait_procs(tree, timeout=30)
+
+
+@pytest.fixture(scope="session")
+def kill_driver():  # noqa: ANN201 - returns kill_driver_tree
+    return kill_driver_tree

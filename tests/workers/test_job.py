@@ -3,11 +3,9 @@ resume after a killed driver, a killed worker, and CLI errors that need Ray."""
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import json
 import os
-import signal
 import subprocess
 import sys
 import threading
@@ -303,8 +301,8 @@ def test_killed_worker_is_replaced(
 
 @pytest.mark.slow
 def test_killed_driver_then_resume_matches_uninterrupted(
-    reference: Path, cvae_onnx: Path, tmp_path: Path
-) -> None:
+    reference: Path, cvae_onnx: Path, tmp_path: Path, kill_driver
+) -> None:  # noqa: ANN001
     out = tmp_path / "ds"
     # The actor writes one shard, then waits at a gate that never opens: the driver dies there.
     env = {**os.environ, SHARD_GATE_ENV: str(tmp_path / "gate"), "PYTHONPATH": str(REPO)}
@@ -314,15 +312,7 @@ def test_killed_driver_then_resume_matches_uninterrupted(
     proc = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         _wait_for_shards(out, lambda shards: len(shards) >= 1, proc)
-        tree = psutil.Process(proc.pid).children(recursive=True)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=30)
-        # Its local Ray (GCS, raylet, the actor) goes down too, as on a lost machine; Ray's
-        # own fate-sharing takes a minute for some agents, so end them now, by pid.
-        for child in tree:
-            with contextlib.suppress(psutil.NoSuchProcess):
-                child.kill()
-        psutil.wait_procs(tree, timeout=30)
+        kill_driver(proc)
     finally:
         if proc.poll() is None:
             proc.kill()
