@@ -8,6 +8,8 @@
                                    "dtype": "uint8", "class_names"}
     DATASET/part-NNNNN.npz       arrays id int64 [n], label int64 [n], images uint8 [n, C, H, W]
     DATASET/CLASS/ID.png         --format imagefolder, with labels.csv (id,label,label_name,path)
+                                 With --judge, every format carries JUDGE_CONFIDENCE (float32)
+                                   per row: an extra field, and labels.csv's last column.
 
 A plain VAE's rows have label -1 (UNLABELED) and label_name "". This module is torch-free: the
 writers (workers/writers.py) and the one reader (vaegen/dataset_reader.py, used by eval) both
@@ -31,6 +33,7 @@ MANIFEST_VERSION = 1
 LABELS_CSV = "labels.csv"
 LABELS_CSV_COLUMNS = ("id", "label", "label_name", "path")
 PARQUET_COLUMNS = ("id", "label", "label_name", "image")
+JUDGE_CONFIDENCE = "judge_confidence"  # with --judge: its probability of the row's label
 SCHEMA_KEY = b"vaegen"  # the parquet schema metadata key of our JSON
 IMAGE_DTYPE = "uint8"
 UNLABELED = -1  # the label of every row of a plain VAE (num_classes 0); its label_name is ""

@@ -29,8 +29,9 @@ from vaegen.errors import VaegenError
 STAGES = ("train", "export", "generate", "eval")
 STATE_FILE = "pipeline.json"
 SPEC_KEYS = ("num_samples", "class_counts", "classes", "seed", "shard_size", "batch_size",
-             "format", "encoding")  # fmt: skip
-RUN_KEYS = ("workers", "gpus_per_worker", "metrics_port", "metrics_host", "pushgateway")
+             "format", "encoding", "temperature", "judge", "min_confidence")  # fmt: skip
+RUN_KEYS = ("workers", "gpus_per_worker", "metrics_port", "metrics_host", "pushgateway",
+            "min_acceptance")  # fmt: skip
 
 
 @dataclass(frozen=True)

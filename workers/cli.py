@@ -14,6 +14,9 @@ from vaegen.cliutil import (
     single_command_app,
 )
 from vaegen.dataset_format import FORMATS
+from vaegen.errors import VaegenError
+from workers.judge import DEFAULT_MIN_CONFIDENCE
+from workers.judge_filter import DEFAULT_MIN_ACCEPTANCE
 from workers.options import WORKER_WAIT_S, GenerateOptions
 from workers.spec import DEFAULT_BATCH_SIZE, DEFAULT_SHARD_SIZE, GPU_BATCH_SIZE
 
@@ -59,6 +62,28 @@ WORKER_WAIT = typer.Option(
     help="Seconds to wait with no worker up (a lost node, an autoscaler adding one) "
     "before failing; finished shards are kept for --resume.",
 )
+TEMPERATURE = typer.Option(
+    1.0, "--temperature", help="Sampling temperature T: z ~ N(0, T^2 I); below 1, more typical."
+)
+JUDGE = typer.Option(
+    None,
+    "--judge",
+    help="judge.onnx written by `vaegen judge`: keep only samples it judges to be their label.",
+)
+MIN_CONFIDENCE = typer.Option(
+    None,
+    "--min-confidence",
+    help=f"With --judge: the least probability of the label [default: {DEFAULT_MIN_CONFIDENCE}, "
+    "top-1 agreement alone].",
+    show_default=False,
+)
+MIN_ACCEPTANCE = typer.Option(
+    None,
+    "--min-acceptance",
+    help=f"With --judge: stop (exit 2) when a class is accepted less often than this "
+    f"[default: {DEFAULT_MIN_ACCEPTANCE}].",
+    show_default=False,
+)
 RESUME = typer.Option(False, "--resume", help="Finish an interrupted job in --out.")
 OVERWRITE = typer.Option(False, "--overwrite", help="Replace an existing dataset.")
 
@@ -77,6 +102,10 @@ def generate(
     gpus_per_worker: float = GPUS_PER_WORKER,
     fmt: str = FORMAT,
     encoding: str | None = ENCODING,
+    temperature: float = TEMPERATURE,
+    judge: Path | None = JUDGE,
+    min_confidence: float | None = MIN_CONFIDENCE,
+    min_acceptance: float | None = MIN_ACCEPTANCE,
     out: Path = OUT,
     metrics_port: int | None = METRICS_PORT_OPTION,
     metrics_host: str = METRICS_HOST_OPTION,
@@ -101,6 +130,9 @@ def generate(
         batch_size=batch_size or default_batch_size(gpus_per_worker),
         format=fmt,
         encoding=encoding,
+        temperature=temperature,
+        judge=None if judge is None else str(judge),
+        min_confidence=min_confidence,
     )
     options = GenerateOptions(
         workers=workers,
@@ -113,11 +145,28 @@ def generate(
         pushgateway=pushgateway,
         metrics_linger=metrics_linger,
         worker_wait=worker_wait,
+        **_floor(min_acceptance, judge),
     )
-    manifest = run_generation(spec, out, options)
+    _report(run_generation(spec, out, options), out)
+
+
+def _floor(min_acceptance: float | None, judge: Path | None) -> dict[str, float]:
+    """--min-acceptance, for GenerateOptions; it means nothing without a judge."""
+    if min_acceptance is None:
+        return {}
+    if judge is None:
+        raise VaegenError("--min-acceptance needs --judge JUDGE/judge.onnx")
+    return {"min_acceptance": min_acceptance}
+
+
+def _report(manifest: dict, out: Path) -> None:
     ex = manifest["execution"]
     rate = ex["generated_samples"] / max(ex["seconds"], 1e-9)
     print(
         f"wrote {manifest['num_rows']} samples in {manifest['num_shards']} shards to {out} "
         f"({ex['generated_samples']} generated, {rate:,.0f} samples/s)"
     )
+    if "judge" in manifest:
+        drawn, accepted = (sum(manifest["judge"][k].values()) for k in ("drawn", "accepted"))
+        print(f"the judge accepted {accepted} of {drawn} samples drawn "
+              f"({accepted / max(drawn, 1):.1%}); per class: manifest.json `judge`")  # fmt: skip

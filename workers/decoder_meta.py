@@ -27,6 +27,9 @@ class DecoderInfo:
     likelihood: str
     vaegen_version: str
     source_sha256: str
+    precision: str = "unknown"  # the exporter's `precision` prop (fp32, fp16, int8), if any
+    quantization: str = ""  # the int8 scheme (`quantization` prop), e.g. dynamic-per-channel
+    op_types: tuple[str, ...] = ()  # the graph's operators (sorted): what a provider must run
 
     @property
     def conditional(self) -> bool:
@@ -42,6 +45,8 @@ class DecoderInfo:
             "likelihood": self.likelihood,
             "vaegen_version": self.vaegen_version,
             "source_sha256": self.source_sha256,
+            "precision": self.precision,
+            **({"quantization": self.quantization} if self.quantization else {}),
         }
 
 
@@ -114,4 +119,7 @@ def read_decoder(path: str | os.PathLike[str]) -> DecoderInfo:
         likelihood=meta["likelihood"],
         vaegen_version=meta["vaegen_version"],
         source_sha256=meta["source_sha256"],
+        precision=str(meta.get("precision") or "unknown"),  # DESIGN.md does not require it
+        quantization=str(meta.get("quantization") or ""),
+        op_types=tuple(sorted({node.op_type for node in model.graph.node})),
     )

@@ -5,12 +5,19 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass
+from pathlib import Path
 
 from vaegen.errors import VaegenError
+from workers.decoder_meta import DecoderInfo
 from workers.options import GenerateOptions
 from workers.sampler import CPU, CUDA
 
 MAX_CPU_ACTORS = 16  # past this, bigger machines get more ORT threads per actor instead
+# Operators of int8 decoders that onnxruntime's CUDA provider has no kernel for
+# (onnxruntime docs/OperatorKernels.md): DynamicQuantizeLinear and ConvInteger are not
+# registered, and its MatMulInteger takes int8 x int8 only, while dynamic quantization feeds it
+# uint8 activations. ORT would run them on the CPU, with device copies around each one.
+CUDA_MISSING_OPS = ("ConvInteger", "DynamicQuantizeLinear", "MatMulInteger")
 
 
 @dataclass(frozen=True)
@@ -96,6 +103,19 @@ def check_local_provider(options: GenerateOptions) -> None:
             f"--gpus-per-worker needs onnxruntime's {CUDA}, which this onnxruntime lacks "
             f"({ort.get_available_providers()}); install onnxruntime-gpu"
         )
+
+
+def check_gpu_decoder(decoder: DecoderInfo, options: GenerateOptions) -> None:
+    """GPU actors run only decoders whose every operator has a CUDA kernel: refuse the rest
+    before any actor starts, rather than decode on the CPU behind the user's back."""
+    missing = [op for op in decoder.op_types if op in CUDA_MISSING_OPS]
+    if options.gpus_per_worker <= 0 or not missing:
+        return
+    raise VaegenError(
+        f"--gpus-per-worker: {Path(decoder.path).name} ({decoder.precision}) uses "
+        f"{', '.join(missing)}, which onnxruntime's {CUDA} has no kernel for (int8 runs on "
+        "CPU actors); drop --gpus-per-worker, or give GPU actors the fp32 decoder.onnx"
+    )
 
 
 def cluster_layout(options: GenerateOptions) -> ActorLayout:

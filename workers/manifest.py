@@ -6,9 +6,10 @@ Format (manifest_version 1)::
       "kind": "vaegen-dataset", "manifest_version": 1, "vaegen_version": "0.1.0",
       "complete": false,                 # true once every shard is written
       "spec": {"model_sha256", "num_samples", "class_counts": {"LABEL": n}, "seed",
-               "shard_size", "batch_size", "format", "encoding"},   # resume must match this
+               "shard_size", "batch_size", "format", "encoding",
+               "temperature", "judge_sha256", "min_confidence"},   # resume must match this
       "model": {"path", "sha256", "latent_dim", "num_classes", "class_names", "image_shape",
-                "likelihood", "vaegen_version", "source_sha256"},
+                "likelihood", "vaegen_version", "source_sha256", "precision", "quantization"},
       "image_shape": [C, H, W], "image_dtype": "uint8", "class_names": [...],
       "num_shards": K,
       "num_rows": rows in the finished shards,
@@ -16,13 +17,19 @@ Format (manifest_version 1)::
       "shards": [                        # finished shards only, by index
         {"index", "file", "rows", "first_id", "sha256", "bytes", "seed",
          "class_counts": {"LABEL": n}, "provider", "node": {"hostname", "node_id", "ip"},
-         "pid", "seconds"}
+         "pid", "seconds",
+         "judge": {"drawn", "accepted", "acceptance_rate": {"LABEL": x},   # --judge only
+                   "confidence": [per row]}}                         # imagefolder only
       ],
+      "judge": {"path", "sha256", "min_confidence", "min_acceptance", "test_accuracy",
+                "dataset", "drawn", "accepted", "acceptance_rate"},  # --judge only; totals
       "execution": {...}                 # how the last run ran (provider, workers, ...)
     }
 
 Labels are keys as strings: class indices, or "-1" for a plain VAE. A shard's "seed" alone
-reproduces its stream: numpy.random.Generator(numpy.random.Philox(seed)).
+reproduces its stream: numpy.random.Generator(numpy.random.Philox(seed)). The spec's
+temperature, judge_sha256 and min_confidence appear only when they differ from
+workers.spec.SPEC_DEFAULTS (T = 1, no judge): a manifest without them means those.
 """
 
 from __future__ import annotations
@@ -40,7 +47,8 @@ from vaegen.atomic import write_json_atomic
 from vaegen.contracts import sha256_file
 from vaegen.dataset_format import IMAGE_DTYPE, MANIFEST, MANIFEST_KIND, MANIFEST_VERSION
 from vaegen.errors import VaegenError
-from workers.spec import JobSpec, ShardPlan, shard_label_sequence
+from workers.judge_filter import rates
+from workers.spec import SPEC_DEFAULTS, JobSpec, ShardPlan, shard_label_sequence
 from workers.writers import imagefolder_digest
 
 
@@ -61,11 +69,14 @@ class ShardRecord:
     pid: int
     seconds: float
     batch_seconds: tuple[float, ...] = ()  # for the metrics; not kept in the manifest
+    judge: dict | None = None  # --judge: drawn, accepted, acceptance_rate (+ imagefolder's rows)
 
     def entry(self) -> dict:
         """The manifest's entry for this shard."""
         entry = dataclasses.asdict(self)
         del entry["batch_seconds"]
+        if entry["judge"] is None:
+            del entry["judge"]
         return entry
 
     @classmethod
@@ -92,7 +103,18 @@ def new_manifest(spec: JobSpec) -> dict:
         "num_rows": 0,
         "class_counts": {},
         "shards": [],
+        **({"judge": _judge_block(spec)} if spec.judge is not None else {}),
         "execution": {},
+    }
+
+
+def _judge_block(spec: JobSpec) -> dict:
+    return {
+        **spec.judge.to_json(),  # type: ignore[union-attr]
+        "min_confidence": spec.min_confidence,
+        "drawn": {},
+        "accepted": {},
+        "acceptance_rate": {},
     }
 
 
@@ -109,9 +131,12 @@ def check_resumable(manifest: dict, spec: JobSpec, out: Path) -> None:
             f"{out} was generated from another model (sha256 {old.get('model_sha256')!s:.12}...,"
             f" this one {new['model_sha256']:.12}...); use --overwrite or another --out"
         )
-    diffs = [k for k in new if k not in PERFORMANCE_ONLY and old.get(k) != new[k]]
+    keys = [*new, *(k for k in old if k not in new)]
+    was = {k: old.get(k, SPEC_DEFAULTS.get(k)) for k in keys}
+    now = {k: new.get(k, SPEC_DEFAULTS.get(k)) for k in keys}
+    diffs = [k for k in keys if k not in PERFORMANCE_ONLY and was[k] != now[k]]
     if diffs:
-        detail = ", ".join(f"{k}: {old.get(k)!r} -> {new[k]!r}" for k in diffs)
+        detail = ", ".join(f"{k}: {was[k]!r} -> {now[k]!r}" for k in diffs)
         raise VaegenError(f"cannot resume {out} with a different spec ({detail})")
 
 
@@ -127,7 +152,22 @@ def shard_is_intact(out: Path, record: ShardRecord, plan: ShardPlan, spec: JobSp
             digest = sha256_file(path) if path.is_file() else None
     except OSError:
         return False
-    return digest is not None and digest == record.sha256 and record.rows == plan.rows
+    return (
+        digest is not None
+        and digest == record.sha256
+        and record.rows == plan.rows
+        and _judge_intact(record, plan, spec)
+    )
+
+
+def _judge_intact(record: ShardRecord, plan: ShardPlan, spec: JobSpec) -> bool:
+    """A judged shard's entry holds its judge summary (and imagefolder's per-row confidences,
+    which labels.csv is written from)."""
+    if spec.judge is None:
+        return True
+    if record.judge is None:
+        return False
+    return spec.format != "imagefolder" or len(record.judge.get("confidence") or ()) == plan.rows
 
 
 def add_shard(manifest: dict, record: ShardRecord) -> None:
@@ -153,6 +193,20 @@ def _count(manifest: dict, shard: dict, sign: int) -> None:
         counts[label] = counts.get(label, 0) + sign * n
     manifest["class_counts"] = {k: counts[k] for k in sorted(counts, key=int) if counts[k]}
     manifest["num_rows"] += sign * shard["rows"]
+    if "judge" in shard and "judge" in manifest:
+        _count_judged(manifest["judge"], shard["judge"], sign)
+
+
+def _count_judged(total: dict, shard: dict, sign: int) -> None:
+    """The judge's totals over the finished shards (O(classes), like the class counts)."""
+    for key in ("drawn", "accepted"):
+        for label, n in shard[key].items():
+            total[key][label] = total[key].get(label, 0) + sign * n
+    labels = sorted(total["drawn"], key=int)
+    for key in ("drawn", "accepted"):
+        total[key] = {label: total[key].get(label, 0) for label in labels}
+    drawn, accepted = total["drawn"].values(), total["accepted"].values()
+    total["acceptance_rate"] = dict(zip(labels, rates(list(accepted), list(drawn)), strict=True))
 
 
 def write_manifest(out: Path, manifest: dict) -> None:

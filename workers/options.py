@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from vaegen.errors import VaegenError
+from workers.judge_filter import DEFAULT_MIN_ACCEPTANCE
 
 WORKER_WAIT_S = 600.0  # default --worker-wait: room for an autoscaler to bring a node up
 
@@ -25,6 +26,9 @@ class GenerateOptions:
     show_progress: bool = True
     io_binding: bool = False  # always on with GPUs; settable on CPU so tests cover the path
     worker_wait: float = WORKER_WAIT_S  # seconds with no actor up before the job fails
+    # With --judge: a class the judge accepts less often than this stops the job (exit 2).
+    # Not part of the spec: it decides whether a job goes on, never what a shard holds.
+    min_acceptance: float = DEFAULT_MIN_ACCEPTANCE
 
     def __post_init__(self) -> None:
         if self.resume and self.overwrite:
@@ -37,3 +41,5 @@ class GenerateOptions:
             raise VaegenError("--metrics-linger must be >= 0")
         if not self.worker_wait > 0:
             raise VaegenError(f"--worker-wait must be > 0 seconds, got {self.worker_wait:g}")
+        if not 0 < self.min_acceptance <= 1:
+            raise VaegenError(f"--min-acceptance must lie in (0, 1], got {self.min_acceptance:g}")

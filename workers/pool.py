@@ -42,6 +42,7 @@ class ActorPool:
         layout: ActorLayout,
         pending: list[ShardPlan],
         worker_wait: float,
+        judge_ref: object = None,
     ) -> None:
         self.layout, self.worker_wait = layout, worker_wait
         self.queue = deque(pending)
@@ -52,7 +53,7 @@ class ActorPool:
         self.in_flight: dict = {}  # ObjectRef -> (actor, plan)
         self.none_up_since = time.monotonic()
         self.warned = False
-        self.model_ref, self.cfg = model_ref, cfg
+        self.model_ref, self.cfg, self.judge_ref = model_ref, cfg, judge_ref
         self.actor_class = ray.remote(ShardGenerator).options(
             num_cpus=layout.num_cpus,
             num_gpus=layout.num_gpus or None,
@@ -82,8 +83,24 @@ class ActorPool:
                 if record is not None:
                     yield record
 
+    def drain(self, timeout: float) -> Iterator[ShardRecord]:
+        """After a failure: the records of the shards still in flight that end within
+        `timeout` seconds; none is started. So no actor is killed while it writes a shard."""
+        self.queue.clear()
+        deadline = time.monotonic() + timeout
+        while self.in_flight:
+            left = deadline - time.monotonic()
+            ready, _ = ray.wait(list(self.in_flight), num_returns=1, timeout=max(left, 0))
+            if not ready:
+                return
+            self.in_flight.pop(ready[0])
+            try:
+                yield ray.get(ready[0])
+            except Exception:  # noqa: BLE001, S112 - the job already fails for the first error
+                continue
+
     def _start_actor(self) -> None:
-        actor = self.actor_class.remote(self.model_ref, self.cfg)
+        actor = self.actor_class.remote(self.model_ref, self.cfg, self.judge_ref)
         self.starting[actor.__ray_ready__.remote()] = actor
 
     def _top_up(self) -> None:

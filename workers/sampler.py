@@ -14,7 +14,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from vaegen.dataset_format import JUDGE_CONFIDENCE
 from vaegen.errors import VaegenError
+from workers.judge import JudgeScorer
+from workers.judge_filter import DEFAULT_MIN_ACCEPTANCE, FilterRule, filter_shard
 from workers.manifest import ShardRecord
 from workers.spec import ShardPlan, shard_inputs
 from workers.writers import write_shard
@@ -58,6 +61,12 @@ class SamplerConfig:
     threads: int = 1
     io_binding: bool = False  # always on with gpu; settable on CPU so tests cover the path
     shard_gate: str = ""  # test hook: a path; an actor's later shards wait until it exists
+    temperature: float = 1.0
+    min_confidence: float = 0.0  # with a judge: what it must accept
+    min_acceptance: float = DEFAULT_MIN_ACCEPTANCE  # with a judge: the floor that stops a job
+
+    def filter_rule(self) -> FilterRule:
+        return FilterRule(self.latent_dim, self.temperature, self.min_acceptance, self.class_names)
 
 
 def make_session(model: bytes, *, gpu: bool, threads: int):  # noqa: ANN201 - ort type is lazy
@@ -134,12 +143,22 @@ class Decoder:
         return binding.copy_outputs_to_cpu()[0]
 
 
-def generate_shard(decoder: Decoder, plan: ShardPlan, node: dict) -> ShardRecord:
+def generate_shard(
+    decoder: Decoder, plan: ShardPlan, node: dict, judge: JudgeScorer | None = None
+) -> ShardRecord:
     """Make, write and describe one shard. Idempotent: a retry writes the same bytes."""
     cfg = decoder.cfg
     t0 = time.perf_counter()
-    ids, labels, z = shard_inputs(plan, cfg.latent_dim)
-    images, batch_seconds = decoder.decode(z, labels if cfg.conditional else None)
+    confidence, judged = None, None
+    if judge is None:
+        ids, labels, z = shard_inputs(plan, cfg.latent_dim, cfg.temperature)
+        images, batch_seconds = decoder.decode(z, labels if cfg.conditional else None)
+    else:
+        shard = filter_shard(plan, decoder.decode, judge, cfg.filter_rule())
+        ids, labels, images, batch_seconds = shard.ids, shard.labels, shard.images, shard.seconds
+        confidence, judged = shard.confidence, shard.summary()
+        if cfg.fmt == "imagefolder":  # its files hold no per-row field; labels.csv will
+            judged["confidence"] = [float(np.format_float_positional(c)) for c in confidence]
     written = write_shard(
         cfg.out_dir,
         fmt=cfg.fmt,
@@ -149,6 +168,7 @@ def generate_shard(decoder: Decoder, plan: ShardPlan, node: dict) -> ShardRecord
         labels=labels,
         images=images,
         class_names=cfg.class_names,
+        extra=None if confidence is None else {JUDGE_CONFIDENCE: confidence},
     )
     return ShardRecord(
         index=plan.index,
@@ -164,6 +184,7 @@ def generate_shard(decoder: Decoder, plan: ShardPlan, node: dict) -> ShardRecord
         pid=os.getpid(),
         seconds=round(time.perf_counter() - t0, 6),
         batch_seconds=tuple(round(s, 6) for s in batch_seconds),
+        judge=judged,
     )
 
 
@@ -183,11 +204,8 @@ def _node() -> dict[str, str]:
 class ShardGenerator:
     """The actor's callable class: one session per actor; each call makes one shard."""
 
-    def __init__(self, model, cfg: SamplerConfig) -> None:  # noqa: ANN001 - bytes or ObjectRef
-        if not isinstance(model, bytes | bytearray):
-            import ray
-
-            model = ray.get(model)
+    def __init__(self, model, cfg: SamplerConfig, judge=None) -> None:  # noqa: ANN001 - bytes or ObjectRef
+        model, judge = _fetch(model), _fetch(judge)
         if not os.path.isdir(cfg.out_dir):
             raise ActorRefused(
                 "--out",
@@ -195,6 +213,12 @@ class ShardGenerator:
                 "there directly, so it must be on a filesystem every node shares",
             )
         self.decoder = Decoder(bytes(model), cfg)
+        self.judge = None
+        if judge is not None:  # after the decoder, whose session loads CUDA for both
+            providers = (CUDA, CPU) if cfg.gpu else (CPU,)
+            self.judge = JudgeScorer(
+                bytes(judge), cfg.min_confidence, providers=providers, threads=cfg.threads
+            )
         self.node = _node()  # an actor never moves: look its node up once
         self.calls = 0
 
@@ -206,4 +230,12 @@ class ShardGenerator:
             # while they kill something, instead of racing it with sleeps.
             while not os.path.exists(self.decoder.cfg.shard_gate):
                 time.sleep(0.05)
-        return generate_shard(self.decoder, plan, self.node)
+        return generate_shard(self.decoder, plan, self.node, self.judge)
+
+
+def _fetch(data):  # noqa: ANN001, ANN202 - bytes, an ObjectRef of bytes, or None
+    if data is None or isinstance(data, bytes | bytearray):
+        return data
+    import ray
+
+    return ray.get(data)

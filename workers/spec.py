@@ -7,7 +7,9 @@ Determinism: everything a shard holds is a function of (spec, shard index) alone
   laying the N labels out and shuffling them globally, but it needs O(shards * classes) memory.
 - Shard k's stream is Generator(Philox(shard_seed)), where shard_seed is the first 64 bits of
   SeedSequence(seed, spawn_key=(1, k)). It first shuffles the shard's labels, then draws its
-  latents z ~ N(0, I) in one call, so neither depends on --batch-size or --workers.
+  latents z ~ N(0, T^2 I) (T = --temperature) in one call, so neither depends on --batch-size
+  or --workers. With --judge, the same stream goes on to draw the replacements of rejected
+  samples (workers.judge_filter).
 - Shard k holds ids [k*S, min((k+1)*S, N)).
 """
 
@@ -21,6 +23,7 @@ import numpy as np
 from vaegen.dataset_format import ENCODINGS, FORMATS, UNLABELED, balanced_counts
 from vaegen.errors import VaegenError
 from workers.decoder_meta import DecoderInfo, read_decoder
+from workers.judge import DEFAULT_MIN_CONFIDENCE, JudgeInfo, read_judge
 
 DEFAULT_SHARD_SIZE = 16384  # ~0.3 s of CPU decoding: enough shards to balance, small actors
 # Rows per decoder call. On a CPU, one onnxruntime thread runs the MLP decoder 7% faster in
@@ -29,6 +32,11 @@ DEFAULT_SHARD_SIZE = 16384  # ~0.3 s of CPU decoding: enough shards to balance, 
 DEFAULT_BATCH_SIZE = 1024
 GPU_BATCH_SIZE = 8192
 MAX_SHARDS = 200_000  # the manifest lists every shard; past this, ask for bigger shards
+# Spec fields added after manifest_version 1, with what a manifest without them means. They are
+# written only when they differ: an unfiltered T=1 spec keeps its manifest bytes, and a
+# dataset written before them still resumes.
+SPEC_DEFAULTS: dict[str, object] = {"temperature": 1.0, "judge_sha256": None,
+                                    "min_confidence": None}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -43,6 +51,9 @@ class JobSpec:
     batch_size: int = DEFAULT_BATCH_SIZE
     format: str = "parquet"
     encoding: str = "raw"
+    temperature: float = 1.0  # z ~ N(0, T^2 I)
+    judge: JudgeInfo | None = None  # keep only samples it judges to be their label
+    min_confidence: float = DEFAULT_MIN_CONFIDENCE  # ... with at least this probability
 
     @property
     def num_shards(self) -> int:
@@ -59,6 +70,15 @@ class JobSpec:
             "batch_size": self.batch_size,
             "format": self.format,
             "encoding": self.encoding,
+            **{k: v for k, v in self._sampling().items() if v != SPEC_DEFAULTS[k]},
+        }
+
+    def _sampling(self) -> dict[str, object]:
+        judged = self.judge is not None
+        return {
+            "temperature": self.temperature,
+            "judge_sha256": self.judge.sha256 if judged else None,
+            "min_confidence": self.min_confidence if judged else None,
         }
 
 
@@ -137,16 +157,25 @@ def build_spec(
     format: str = "parquet",  # noqa: A002 - the CLI option's name
     encoding: str | None = None,
     decoder: DecoderInfo | None = None,
+    temperature: float = 1.0,
+    judge: str | None = None,
+    min_confidence: float | None = None,
 ) -> JobSpec:
     """Validate every option against the model, or raise VaegenError; writes nothing."""
     _check_sizes(num_samples, seed, shard_size, batch_size)
     encoding = _check_format(format, encoding)
     if class_counts is not None and classes is not None:
         raise VaegenError("give --class-counts or --classes, not both")
+    if not (math.isfinite(temperature) and temperature > 0):
+        raise VaegenError(f"--temperature must be > 0, got {temperature:g}")
+    if min_confidence is not None and judge is None:
+        raise VaegenError("--min-confidence needs --judge JUDGE/judge.onnx")
     info = decoder or read_decoder(model)
     if encoding == "png" and info.image_shape[0] not in (1, 3, 4):
         raise VaegenError(f"PNG needs 1, 3 or 4 channels; the model makes {info.image_shape}")
     counts = _label_counts(info, num_samples, class_counts, classes)
+    if min_confidence is None:
+        min_confidence = DEFAULT_MIN_CONFIDENCE
     return JobSpec(
         decoder=info,
         num_samples=num_samples,
@@ -156,6 +185,9 @@ def build_spec(
         batch_size=batch_size,
         format=format,
         encoding=encoding,
+        temperature=float(temperature),
+        judge=None if judge is None else read_judge(judge, info, min_confidence),
+        min_confidence=float(min_confidence),
     )
 
 
@@ -251,15 +283,41 @@ def shard_labels(plan: ShardPlan, rng: np.random.Generator) -> np.ndarray:
     return labels
 
 
-def shard_inputs(plan: ShardPlan, latent_dim: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(ids, labels, z) for one shard, a pure function of the plan."""
-    rng = np.random.Generator(np.random.Philox(plan.seed))
+def shard_stream(plan: ShardPlan) -> np.random.Generator:
+    """The shard's own random stream (module docstring); every draw for the shard comes from it."""
+    return np.random.Generator(np.random.Philox(plan.seed))
+
+
+def draw_latents(
+    rng: np.random.Generator, rows: int, latent_dim: int, temperature: float = 1.0
+) -> np.ndarray:
+    """z ~ N(0, T^2 I), float32 [rows, latent_dim]."""
+    z = rng.standard_normal((rows, latent_dim), dtype=np.float32)
+    if temperature != 1.0:  # T = 1 leaves the draws untouched, as before --temperature existed
+        z *= np.float32(temperature)
+    return z
+
+
+def shard_inputs(
+    plan: ShardPlan,
+    latent_dim: int,
+    temperature: float = 1.0,
+    rng: np.random.Generator | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(ids, labels, z) for one shard, a pure function of the plan.
+
+    `rng` is shard_stream(plan), fresh, when the caller goes on drawing from it afterwards.
+    """
+    rng = shard_stream(plan) if rng is None else rng
     labels = shard_labels(plan, rng)
-    z = rng.standard_normal((plan.rows, latent_dim), dtype=np.float32)
+    z = draw_latents(rng, plan.rows, latent_dim, temperature)
     ids = np.arange(plan.first_id, plan.first_id + plan.rows, dtype=np.int64)
     return ids, labels, z
 
 
 def shard_label_sequence(plan: ShardPlan) -> np.ndarray:
-    """Just the labels (no latents): enough to list imagefolder files or write labels.csv."""
-    return shard_labels(plan, np.random.Generator(np.random.Philox(plan.seed)))
+    """Just the labels (no latents): enough to list imagefolder files or write labels.csv.
+
+    The judge filter never moves a label: it replaces a rejected row's latent, not its label.
+    """
+    return shard_labels(plan, shard_stream(plan))

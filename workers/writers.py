@@ -203,15 +203,18 @@ def imagefolder_digest(
 
 
 def write_labels_csv(
-    out: Path, shards: Iterable[tuple[np.ndarray, np.ndarray]], class_names: Sequence[str]
+    out: Path,
+    shards: Iterable[tuple[Sequence, ...]],
+    class_names: Sequence[str],
+    extra: Sequence[str] = (),
 ) -> None:
-    """labels.csv of an imagefolder dataset: id,label,label_name,path for each (ids, labels)."""
+    """labels.csv of an imagefolder dataset: id,label,label_name,path, then the `extra`
+    columns, for each (ids, labels, *one sequence per extra column)."""
     with atomic_path(out / LABELS_CSV) as tmp, open(tmp, "w", newline="") as fh:
         writer = csv.writer(fh, lineterminator="\n")
-        writer.writerow(LABELS_CSV_COLUMNS)
-        for ids, labels in shards:
-            for sample_id, label in zip(ids.tolist(), labels.tolist(), strict=True):
+        writer.writerow([*LABELS_CSV_COLUMNS, *extra])
+        for ids, labels, *values in shards:
+            for i, (sample_id, label) in enumerate(zip(ids.tolist(), labels.tolist(), strict=True)):
                 name = label_name(label, class_names)
-                writer.writerow(
-                    [sample_id, label, name, image_path(label, name, sample_id, class_names)]
-                )
+                path = image_path(label, name, sample_id, class_names)
+                writer.writerow([sample_id, label, name, path, *(v[i] for v in values)])
