@@ -42,6 +42,7 @@ def _register() -> None:
     from trainer import cli as train_cli
     from vaegen import pipeline_cli
     from workers import cli as generate_cli
+    from workers import verify_cli
 
     for name, stage in (
         ("train", train_cli),
@@ -49,6 +50,7 @@ def _register() -> None:
         ("generate", generate_cli),
         ("eval", eval_cli),
         ("pipeline", pipeline_cli),
+        ("verify", verify_cli),
     ):
         command = stage.app.registered_commands[0]
         app.command(name, help=command.help or (command.callback.__doc__ or ""))(command.callback)

@@ -7,7 +7,8 @@ thread touches the file every `heartbeat_s` seconds and checks the token is stil
 
 A lock left by a killed job is taken over without a manual step:
 - on the same host, at once, when the recorded process is gone (pid and start time checked, so a
-  reused pid does not keep a dead job's lock);
+  reused pid does not keep a dead job's lock; only within one pid namespace, since containers
+  sharing a volume may also share a host name);
 - from another host, once the heartbeat is older than `stale_s` (the holder's machine is gone or
   the process was SIGKILLed; a live holder touches the file far more often than that).
 The takeover renames the stale file to a unique name first (one rename wins), checks that it took
@@ -35,6 +36,11 @@ HEARTBEAT_S = 5.0
 STALE_S = 60.0
 
 
+def is_lock_file(name: str) -> bool:
+    """The lock, or a stale one moved aside by a takeover: never data, never "unknown"."""
+    return name == LOCK_NAME or name.startswith(f"{LOCK_NAME}.stale.")
+
+
 class DirectoryLocked(VaegenError):
     """Another job writes this directory: exit 2, naming the holder."""
 
@@ -47,6 +53,7 @@ class LockHolder:
     command: str
     token: str
     proc_start: str = ""  # the process's start time as the OS records it (pid reuse check)
+    pid_ns: str = ""  # the pid namespace: containers may share a host name, never pid numbers
 
     def describe(self) -> str:
         return f"{self.command} (host {self.host}, pid {self.pid}, since {self.started})"
@@ -60,6 +67,13 @@ def _proc_start(pid: int) -> str:
         return ""
     # Field 22, counted after the parenthesised command name (which may hold spaces).
     return stat.rsplit(")", 1)[1].split()[19]
+
+
+def _pid_namespace() -> str:
+    try:
+        return os.readlink("/proc/self/ns/pid")
+    except OSError:
+        return ""
 
 
 def _pid_alive(pid: int) -> bool:
@@ -84,7 +98,8 @@ def _read_holder(path: Path) -> LockHolder | None:
 
 
 def _is_stale(path: Path, holder: LockHolder, stale_s: float) -> bool:
-    if holder.host == socket.gethostname() and holder.pid > 0:
+    same_ns = holder.pid_ns == _pid_namespace()
+    if holder.host == socket.gethostname() and holder.pid > 0 and same_ns:
         if not _pid_alive(holder.pid):
             return True
         return bool(holder.proc_start) and _proc_start(holder.pid) != holder.proc_start
@@ -135,6 +150,7 @@ class DirLock:
             command=command,
             token=uuid.uuid4().hex,
             proc_start=_proc_start(os.getpid()),
+            pid_ns=_pid_namespace(),
         )
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -188,15 +204,33 @@ def hold_directory(
     heartbeat_s: float = HEARTBEAT_S,
     stale_s: float = STALE_S,
 ) -> Iterator[DirLock]:
-    """Create `directory` if needed and hold its lock for the body; DirectoryLocked if busy."""
+    """Create `directory` if needed and hold its lock for the body; DirectoryLocked if busy.
+
+    A directory this call created is removed again if the body leaves it empty (a command
+    refused by a later check leaves nothing behind).
+    """
     directory = Path(directory)
+    if directory.exists() and not directory.is_dir():
+        raise VaegenError(f"{directory} exists and is not a directory")
+    created = not directory.exists()
     try:
         directory.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise VaegenError(f"cannot create {directory}: {exc.strerror or exc}") from None
     lock = DirLock(directory, command, heartbeat_s, stale_s)
-    lock.acquire()
+    try:
+        lock.acquire()
+    except BaseException:
+        _remove_if_empty(directory, created)
+        raise
     try:
         yield lock
     finally:
         lock.release()
+        _remove_if_empty(directory, created)
+
+
+def _remove_if_empty(directory: Path, created: bool) -> None:
+    if created:
+        with contextlib.suppress(OSError):  # not empty, or already gone: keep it as it is
+            directory.rmdir()
