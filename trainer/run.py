@@ -14,7 +14,9 @@ from typing import IO, Any
 
 from trainer.checkpoint import save_model
 from trainer.config import ModelConfig, TrainConfig, check_compatible
+from trainer.resume import check_same_run, record_run
 from vaegen.atomic import ensure_writable_dir
+from vaegen.dirlock import hold_directory
 from vaegen.errors import VaegenError
 
 RUN_NAME = "train"
@@ -82,11 +84,26 @@ def train(
     ray_address: str | None = None,
     show_progress: bool = True,
 ) -> TrainResult:
-    """Train on Ray and write RUN/{model,checkpoints,train_log.jsonl}."""
+    """Train on Ray and write RUN/{model,checkpoints,train_log.jsonl}; one job per RUN."""
     run_dir = Path(out).resolve()
+    with hold_directory(run_dir, "vaegen train"):
+        return _train_locked(model_cfg, train_cfg, run_dir, resume, ray_address, show_progress)
+
+
+def _train_locked(
+    model_cfg: ModelConfig,
+    train_cfg: TrainConfig,
+    run_dir: Path,
+    resume: bool,
+    ray_address: str | None,
+    show_progress: bool,
+) -> TrainResult:
     _check_resume(run_dir, resume)
+    if resume:
+        check_same_run(run_dir, model_cfg, train_cfg)  # before Ray: exit 2 naming the field
     splits = _load_splits(model_cfg, train_cfg)
     ensure_writable_dir(run_dir)
+    record_run(run_dir, model_cfg, train_cfg)
     trainer, queue = _make_trainer(model_cfg, train_cfg, run_dir, splits, ray_address)
     result, last, epochs_run = _fit(trainer, queue, run_dir, train_cfg.epochs, show_progress)
     model_dir = run_dir / MODEL
