@@ -31,6 +31,7 @@ from eval.report import write_html, write_metrics
 from eval.samples import SampleSet, read_samples, sample_from_decoder
 from vaegen import __version__
 from vaegen.atomic import ensure_writable_dir
+from vaegen.dirlock import hold_directory
 from vaegen.errors import VaegenError
 from vaegen.options import build
 from vaegen.telemetry import EVAL_SECONDS
@@ -81,7 +82,8 @@ def evaluate(
         options = build(EvalOptions, fields)
     elif fields:
         raise TypeError("evaluate takes EvalOptions or its fields, not both")
-    return _evaluate(run_dir, out, options)
+    with hold_directory(out, "vaegen eval"):  # one writer per REPORT
+        return _evaluate(run_dir, out, options)
 
 
 def _evaluate(

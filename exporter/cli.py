@@ -26,9 +26,13 @@ def export(
     ),
 ) -> None:
     """Export RUN's decoder to ONNX, (z, y) -> (uint8 image, float mean), checked against torch."""
-    from exporter.export import export_decoder
+    from exporter.export import default_output, export_decoder
+    from trainer.checkpoint import model_dir_of
+    from vaegen.dirlock import hold_directory
 
-    result = export_decoder(run, out=out, fp16=fp16, optimize=optimize)
+    target = out if out is not None else default_output(model_dir_of(run))
+    with hold_directory(target.parent, "vaegen export"):  # one writer per export folder
+        result = export_decoder(run, out=out, fp16=fp16, optimize=optimize)
     meta = result.metadata
     print(
         f"exported {result.path} ({result.precision}, opset {result.opset}, "

@@ -206,13 +206,13 @@ def hold_directory(
 ) -> Iterator[DirLock]:
     """Create `directory` if needed and hold its lock for the body; DirectoryLocked if busy.
 
-    A directory this call created is removed again if the body leaves it empty (a command
+    The folders this call created are removed again if the body leaves them empty (a command
     refused by a later check leaves nothing behind).
     """
     directory = Path(directory)
     if directory.exists() and not directory.is_dir():
         raise VaegenError(f"{directory} exists and is not a directory")
-    created = not directory.exists()
+    created = _missing_chain(directory)
     try:
         directory.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -221,16 +221,27 @@ def hold_directory(
     try:
         lock.acquire()
     except BaseException:
-        _remove_if_empty(directory, created)
+        _remove_created(created)
         raise
     try:
         yield lock
     finally:
         lock.release()
-        _remove_if_empty(directory, created)
+        _remove_created(created)
 
 
-def _remove_if_empty(directory: Path, created: bool) -> None:
-    if created:
-        with contextlib.suppress(OSError):  # not empty, or already gone: keep it as it is
-            directory.rmdir()
+def _missing_chain(directory: Path) -> list[Path]:
+    """`directory` and its ancestors that do not exist yet, deepest first."""
+    chain = []
+    while not directory.exists() and directory.parent != directory:
+        chain.append(directory)
+        directory = directory.parent
+    return chain
+
+
+def _remove_created(created: list[Path]) -> None:
+    for folder in created:
+        try:
+            folder.rmdir()
+        except OSError:  # not empty (the command wrote there), or gone: keep the rest
+            return

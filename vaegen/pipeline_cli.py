@@ -15,6 +15,7 @@ from vaegen.cliutil import (
     serve_metrics_if_asked,
     single_command_app,
 )
+from vaegen.dirlock import hold_directory
 
 app = single_command_app("Run train, export, generate and eval from one TOML file.")
 
@@ -55,6 +56,7 @@ def pipeline(
 
     cfg = load_config(config)
     serve_metrics_if_asked(metrics_port, metrics_host)  # every stage's metrics, one endpoint
-    run_pipeline(cfg, force=force, ray_address=ray_address)
+    with hold_directory(cfg.out, "vaegen pipeline"):  # its stages lock their own folders too
+        run_pipeline(cfg, force=force, ray_address=ray_address)
     print(f"report: {cfg.report_dir / 'report.html'}")
     print(_summary_table(cfg.report_dir))
