@@ -30,6 +30,7 @@ from vaegen.atomic import sweep_temp_files
 from vaegen.dataset_format import JUDGE_CONFIDENCE
 from vaegen.dirlock import hold_directory
 from vaegen.errors import VaegenError
+from workers.envfail import told
 from workers.layout import ActorLayout, check_gpu_decoder, check_local_provider, cluster_layout
 from workers.manifest import ManifestSaver, ShardRecord, add_shard, new_manifest, write_manifest
 from workers.options import GenerateOptions
@@ -197,7 +198,7 @@ def _run_pool(job: _Job, manifest: dict, pending: list[ShardPlan], files: _Files
                     raise
                 for record in pool.drain(DRAIN_S):  # finished shards are kept for --resume
                     fold(record)
-                raise refusal from None
+                raise told(refusal, manifest) from None
     except Exception:
         fold.saver.save(force=True)  # keep every finished shard for --resume
         telemetry.GENERATE_SHARDS.labels(status="failed").inc()

@@ -21,6 +21,7 @@ import ray
 from ray.exceptions import RayActorError
 
 from vaegen.errors import ClusterUnavailable, VaegenError
+from workers.envfail import environment_failure
 from workers.layout import ActorLayout
 from workers.manifest import ShardRecord
 from workers.sampler import ACTOR_REFUSED, SamplerConfig, ShardGenerator
@@ -169,8 +170,11 @@ def user_error(exc: BaseException) -> VaegenError | None:
 
     A VaegenError raised in a shard (one too large for its format) comes back as Ray's task
     error with the original as its `cause`; an `ActorRefused` raised in an actor's __init__
-    comes back only as text, marked.
+    comes back only as text, marked. A full disk or a lost permission is the environment's
+    (workers.envfail): exit 1, one line.
     """
+    if (failure := environment_failure(exc)) is not None:
+        return failure
     cause = getattr(exc, "cause", None)
     for line in str(cause if cause is not None else exc).splitlines():
         if ACTOR_REFUSED + ":" in line:
