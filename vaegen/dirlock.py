@@ -203,20 +203,23 @@ def hold_directory(
     command: str,
     heartbeat_s: float = HEARTBEAT_S,
     stale_s: float = STALE_S,
+    label: str = "",
 ) -> Iterator[DirLock]:
     """Create `directory` if needed and hold its lock for the body; DirectoryLocked if busy.
+
+    `label` names the folder in messages (e.g. "--out D"); by default its path.
 
     The folders this call created are removed again if the body leaves them empty (a command
     refused by a later check leaves nothing behind).
     """
     directory = Path(directory)
     if directory.exists() and not directory.is_dir():
-        raise VaegenError(f"{directory} exists and is not a directory")
+        raise VaegenError(f"{label or directory} exists and is not a directory")
     created = _missing_chain(directory)
     try:
         directory.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise VaegenError(f"cannot create {directory}: {exc.strerror or exc}") from None
+        raise VaegenError(f"cannot write {label or directory}: {exc.strerror or exc}") from None
     lock = DirLock(directory, command, heartbeat_s, stale_s)
     try:
         lock.acquire()

@@ -80,7 +80,7 @@ def run_generation(
     """
     options = options or GenerateOptions()
     out = Path(out)
-    with hold_directory(out, "vaegen generate"):  # the whole job: one writer per --out
+    with hold_directory(out, "vaegen generate", label=f"--out {out}"):  # one writer per --out
         return _run_locked(spec, out, options)
 
 
