@@ -19,6 +19,9 @@ import torch
 from eval import features
 from vaegen.errors import VaegenError
 
+# torch-fidelity's default prc_neighborhood: k-NN precision/recall need k + 1 points per set.
+PRC_NEIGHBOURHOOD = 3
+
 
 @dataclass(frozen=True)
 class Extractor:
@@ -107,6 +110,93 @@ def _tf_call(what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
         raise VaegenError(f"{what}: {exc}") from None
 
 
+@dataclass(frozen=True)
+class _Features:
+    """Each set's features by layer, and the layer each metric ("fid", "kid", "prc") reads."""
+
+    fake: dict[str, torch.Tensor]
+    real: dict[str, torch.Tensor]
+    layers: dict[str, str]
+
+    def of(self, metric: str) -> tuple[torch.Tensor, torch.Tensor]:
+        layer = self.layers[metric]
+        return self.fake[layer], self.real[layer]
+
+
+def _extract(
+    real_images: np.ndarray, fake_images: np.ndarray, extractor: Extractor, kwargs: dict[str, Any]
+) -> _Features:
+    """Run the extractor once over each set, for every layer any metric needs."""
+    from torch_fidelity.utils import (
+        create_feature_extractor,
+        get_featuresdict_from_dataset,
+        resolve_feature_layer_for_metric,
+    )
+
+    layers = {m: resolve_feature_layer_for_metric(m, **kwargs) for m in ("fid", "kid", "prc")}
+    fe = _tf_call(
+        "feature extractor",
+        create_feature_extractor,
+        extractor.name,
+        sorted(set(layers.values())),
+        **kwargs,
+    )
+
+    def features_of(images: np.ndarray, what: str) -> dict[str, torch.Tensor]:
+        dataset = features.UInt8ImageDataset(images)
+        # Positional: (input, extractor, batch_size, cuda, save_cpu_ram, verbose).
+        args = (dataset, fe, kwargs["batch_size"], kwargs["cuda"], True, False)
+        return _tf_call(what, get_featuresdict_from_dataset, *args)
+
+    fake = features_of(fake_images, "generated images")
+    return _Features(fake, features_of(real_images, "real images"), layers)
+
+
+def _fid(f_fake: torch.Tensor, f_real: torch.Tensor) -> float:
+    from torch_fidelity.metric_fid import fid_features_to_statistics, fid_statistics_to_metric
+
+    stats = fid_features_to_statistics(f_fake), fid_features_to_statistics(f_real)
+    return float(fid_statistics_to_metric(*stats, False)["frechet_inception_distance"])
+
+
+def _kid(feats: _Features, kwargs: dict[str, Any]) -> tuple[float, float]:
+    from torch_fidelity.metric_kid import kid_features_to_metric
+
+    kid = _tf_call("KID", kid_features_to_metric, *feats.of("kid"), **kwargs)
+    return float(kid["kernel_inception_distance_mean"]), float(kid["kernel_inception_distance_std"])
+
+
+def _precision_recall(feats: _Features, seed: int, kwargs: dict[str, Any]) -> tuple[float, float]:
+    """k-NN precision/recall on equal-sized sets: they depend on the set sizes (Kynkaanniemi et
+    al. 2019 compare equal sizes), so a seeded subset of the larger side is scored, which also
+    bounds the time."""
+    from torch_fidelity.metric_prc import prc_features_to_metric
+
+    fake, real = feats.of("prc")
+    size = min(len(fake), len(real))
+    gen = torch.Generator().manual_seed(seed)
+    pick_fake = torch.randperm(len(fake), generator=gen)[:size].sort().values
+    pick_real = torch.randperm(len(real), generator=gen)[:size].sort().values
+    prc = _tf_call(
+        "precision/recall", prc_features_to_metric, fake[pick_fake], real[pick_real], **kwargs
+    )
+    return float(prc["precision"]), float(prc["recall"])
+
+
+def _per_class_fid(
+    feats: _Features, real_labels: np.ndarray, fake_labels: np.ndarray, class_names: list[str]
+) -> dict[str, float | None]:
+    """Real class c against generated class c, reusing the features; None below 2 images."""
+    fake, real = feats.of("fid")
+    per_class: dict[str, float | None] = {}
+    for c, name in enumerate(class_names):
+        rm = torch.from_numpy(np.asarray(real_labels) == c)
+        fm = torch.from_numpy(np.asarray(fake_labels) == c)
+        enough = int(rm.sum()) >= 2 and int(fm.sum()) >= 2
+        per_class[str(name)] = _fid(fake[fm], real[rm]) if enough else None
+    return per_class
+
+
 def fidelity_metrics(
     real_images: np.ndarray,
     fake_images: np.ndarray,
@@ -127,15 +217,6 @@ def fidelity_metrics(
     torch-fidelity, input1 is the generated set and input2 the real one (precision = fraction
     of generated samples inside the real manifold).
     """
-    from torch_fidelity.metric_fid import fid_features_to_statistics, fid_statistics_to_metric
-    from torch_fidelity.metric_kid import kid_features_to_metric
-    from torch_fidelity.metric_prc import prc_features_to_metric
-    from torch_fidelity.utils import (
-        create_feature_extractor,
-        get_featuresdict_from_dataset,
-        resolve_feature_layer_for_metric,
-    )
-
     n_real, n_fake = len(real_images), len(fake_images)
     if min(n_real, n_fake) < 2:
         raise VaegenError(f"FID needs at least 2 images per set (real {n_real}, fake {n_fake})")
@@ -148,65 +229,15 @@ def fidelity_metrics(
         kid_subsets=kid_subsets,
         seed=seed,
     )
-    layers = {m: resolve_feature_layer_for_metric(m, **kwargs) for m in ("fid", "kid", "prc")}
-    fe = _tf_call(
-        "feature extractor",
-        create_feature_extractor,
-        extractor.name,
-        sorted(set(layers.values())),
-        **kwargs,
-    )
-
-    def features_of(images: np.ndarray, what: str) -> dict[str, torch.Tensor]:
-        dataset = features.UInt8ImageDataset(images)
-        # Positional: (input, extractor, batch_size, cuda, save_cpu_ram, verbose).
-        return _tf_call(
-            what, get_featuresdict_from_dataset, dataset, fe, batch_size, cuda, True, False
-        )
-
-    fake = features_of(fake_images, "generated images")
-    real = features_of(real_images, "real images")
-
-    def fid_of(f_fake: torch.Tensor, f_real: torch.Tensor) -> float:
-        stats = fid_features_to_statistics(f_fake), fid_features_to_statistics(f_real)
-        return float(fid_statistics_to_metric(*stats, False)["frechet_inception_distance"])
-
-    fid_layer = layers["fid"]
-    fid = fid_of(fake[fid_layer], real[fid_layer])
-    kid_mean = kid_std = precision = recall = None
-    if subset >= 2:
-        kid = _tf_call(
-            "KID", kid_features_to_metric, fake[layers["kid"]], real[layers["kid"]], **kwargs
-        )
-        kid_mean = float(kid["kernel_inception_distance_mean"])
-        kid_std = float(kid["kernel_inception_distance_std"])
-    neighbourhood = 3  # torch-fidelity's default prc_neighborhood; needs k+1 points per set
-    if min(n_real, n_fake) > neighbourhood:
-        # k-NN precision/recall depend on the set sizes (Kynkaanniemi et al. 2019 compare equal
-        # sizes): score a seeded subset of the larger side, which also bounds the time.
-        size = min(n_real, n_fake)
-        gen = torch.Generator().manual_seed(seed)
-        pick_fake = torch.randperm(n_fake, generator=gen)[:size].sort().values
-        pick_real = torch.randperm(n_real, generator=gen)[:size].sort().values
-        prc = _tf_call(
-            "precision/recall",
-            prc_features_to_metric,
-            fake[layers["prc"]][pick_fake],
-            real[layers["prc"]][pick_real],
-            **kwargs,
-        )
-        precision, recall = float(prc["precision"]), float(prc["recall"])
-
+    feats = _extract(real_images, fake_images, extractor, kwargs)
+    fid = _fid(*feats.of("fid"))
+    kid_mean, kid_std = _kid(feats, kwargs) if subset >= 2 else (None, None)
+    precision = recall = None
+    if min(n_real, n_fake) > PRC_NEIGHBOURHOOD:
+        precision, recall = _precision_recall(feats, seed, kwargs)
     per_class = None
     if real_labels is not None and fake_labels is not None and class_names:
-        per_class = {}
-        for c, name in enumerate(class_names):
-            rm = torch.from_numpy(np.asarray(real_labels) == c)
-            fm = torch.from_numpy(np.asarray(fake_labels) == c)
-            enough = int(rm.sum()) >= 2 and int(fm.sum()) >= 2
-            per_class[str(name)] = (
-                fid_of(fake[fid_layer][fm], real[fid_layer][rm]) if enough else None
-            )
+        per_class = _per_class_fid(feats, real_labels, fake_labels, class_names)
     return FidelityResult(
         fid=fid,
         kid_mean=kid_mean,
@@ -215,7 +246,7 @@ def fidelity_metrics(
         recall=recall,
         per_class_fid=per_class,
         feature_extractor=extractor.name,
-        feature_layer=fid_layer,
+        feature_layer=feats.layers["fid"],
         kid_subset_size=subset if kid_mean is not None else None,
         num_real=n_real,
         num_fake=n_fake,

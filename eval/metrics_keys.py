@@ -12,19 +12,6 @@ from typing import Any
 
 SCHEMA = "vaegen-eval/1"
 
-# Per class (keyed by class name) inside "likelihood.per_class": the likelihood keys + count.
-LIKELIHOOD_CLASS_KEYS = (
-    "elbo_nats",
-    "elbo_bits_per_dim",
-    "reconstruction_nats",
-    "kl_nats",
-    "iwae_nll_nats",
-    "iwae_nll_bits_per_dim",
-    "mse_per_pixel",
-    "bce_per_pixel",
-    "count",
-)
-
 TEMPLATE: dict[str, Any] = {
     "schema": SCHEMA,
     "vaegen_version": None,
