@@ -38,7 +38,7 @@ STALE_S = 60.0
 
 def is_lock_file(name: str) -> bool:
     """The lock, or a stale one moved aside by a takeover: never data, never "unknown"."""
-    return name == LOCK_NAME or name.startswith(f"{LOCK_NAME}.stale.")
+    return name.endswith(LOCK_NAME) or f"{LOCK_NAME}.stale." in name
 
 
 class DirectoryLocked(VaegenError):
@@ -124,7 +124,7 @@ def _create(path: Path, holder: LockHolder) -> bool:
 
 def _take_over(path: Path, stale: LockHolder) -> None:
     """Move a stale lock aside; if the file moved was in fact a fresh one, put it back."""
-    aside = path.with_name(f"{LOCK_NAME}.stale.{uuid.uuid4().hex}")
+    aside = path.with_name(f"{path.name}.stale.{uuid.uuid4().hex}")
     try:
         os.rename(path, aside)
     except FileNotFoundError:
@@ -137,10 +137,21 @@ def _take_over(path: Path, stale: LockHolder) -> None:
 
 
 class DirLock:
-    """The lock on one directory; use `hold_directory` rather than this class directly."""
+    """The lock on one directory; use `hold_directory` rather than this class directly.
 
-    def __init__(self, directory: Path, command: str, heartbeat_s: float, stale_s: float) -> None:
-        self.path = directory / LOCK_NAME
+    `path`: where the lock file lives, by default DIRECTORY/.vaegen.lock.
+    """
+
+    def __init__(
+        self,
+        directory: Path,
+        command: str,
+        heartbeat_s: float,
+        stale_s: float,
+        path: Path | None = None,
+    ) -> None:
+        self.directory = directory
+        self.path = path or directory / LOCK_NAME
         self.heartbeat_s = heartbeat_s
         self.stale_s = stale_s
         self.holder = LockHolder(
@@ -168,10 +179,10 @@ class DirLock:
                 return
             if not _is_stale(self.path, current, self.stale_s):
                 raise DirectoryLocked(
-                    f"{self.path.parent} is in use by {current.describe()}; wait for it to end"
+                    f"{self.directory} is in use by {current.describe()}; wait for it to end"
                 )
             _take_over(self.path, current)
-        raise DirectoryLocked(f"{self.path.parent}: could not take its lock (contended)")
+        raise DirectoryLocked(f"{self.directory}: could not take its lock (contended)")
 
     def _start_heartbeat(self) -> None:
         self._thread = threading.Thread(target=self._beat, name="vaegen-dirlock", daemon=True)
@@ -179,12 +190,20 @@ class DirLock:
 
     def _beat(self) -> None:
         while not self._stop.wait(self.heartbeat_s):
-            current = _read_holder(self.path)
-            if current is None or current.token != self.holder.token:
-                self.lost = True  # taken over: the job is told at release; never re-create
+            if not self.beat():
                 return
-            with contextlib.suppress(OSError):
-                os.utime(self.path, None)
+
+    def beat(self) -> bool:
+        """One heartbeat: touch the lock file; False once it is no longer ours."""
+        current = _read_holder(self.path)
+        if current is not None and not current.token:
+            return True  # unreadable this once (an NFS hiccup): not a sign of a takeover
+        if current is None or current.token != self.holder.token:
+            self.lost = True  # taken over: the job is told at release; never re-create
+            return False
+        with contextlib.suppress(OSError):
+            os.utime(self.path, None)
+        return True
 
     def release(self) -> None:
         self._stop.set()
@@ -215,12 +234,40 @@ def hold_directory(
     directory = Path(directory)
     if directory.exists() and not directory.is_dir():
         raise VaegenError(f"{label or directory} exists and is not a directory")
+    created = _make(directory, label)
+    with _held(DirLock(directory, command, heartbeat_s, stale_s), created) as lock:
+        yield lock
+
+
+@contextlib.contextmanager
+def hold_published(
+    folder: str | os.PathLike[str], command: str, heartbeat_s: float = HEARTBEAT_S
+) -> Iterator[DirLock]:
+    """The lock on a folder that is published whole, by renaming a staged copy onto it.
+
+    A lock inside it would leave with the folder it replaces, so it lives beside it:
+    PARENT/.FOLDER.vaegen.lock. Same semantics as `hold_directory`; `folder` is not created.
+    """
+    folder = Path(folder)
+    created = _make(folder.parent, "")
+    path = folder.parent / f".{folder.name}{LOCK_NAME}"
+    with _held(DirLock(folder, command, heartbeat_s, STALE_S, path=path), created) as lock:
+        yield lock
+
+
+def _make(directory: Path, label: str) -> list[Path]:
+    """Create `directory` with its parents; returns the folders created, deepest first."""
     created = _missing_chain(directory)
     try:
         directory.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise VaegenError(f"cannot write {label or directory}: {exc.strerror or exc}") from None
-    lock = DirLock(directory, command, heartbeat_s, stale_s)
+    return created
+
+
+@contextlib.contextmanager
+def _held(lock: DirLock, created: list[Path]) -> Iterator[DirLock]:
+    """Hold `lock` for the body; then remove the folders made for it if they are empty."""
     try:
         lock.acquire()
     except BaseException:
