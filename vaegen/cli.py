@@ -38,6 +38,7 @@ def root(
 def _register() -> None:
     """Each stage's cli.py owns one Typer app with one command; mount them by name."""
     from eval import cli as eval_cli
+    from eval import judge_cli
     from exporter import cli as export_cli
     from trainer import cli as train_cli
     from vaegen import pipeline_cli
@@ -47,6 +48,7 @@ def _register() -> None:
     for name, stage in (
         ("train", train_cli),
         ("export", export_cli),
+        ("judge", judge_cli),
         ("generate", generate_cli),
         ("eval", eval_cli),
         ("pipeline", pipeline_cli),
