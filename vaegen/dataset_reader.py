@@ -1,8 +1,8 @@
 """The one DATASET reader (torch-free): a manifest, its shards, their rows as numpy arrays.
 
-Eval scores what it reads here and the workers' tests check what they wrote with it. A parquet
-or npz shard is checked against the sha256 the manifest lists for it; an imagefolder is read
-through labels.csv, its PNGs unhashed. Everything is checked against the contract
+Eval scores what it reads here and the workers' tests check what they wrote with it. A parquet,
+npz or webdataset shard is checked against the sha256 the manifest lists for it; an imagefolder
+is read through labels.csv, its PNGs unhashed. Everything is checked against the contract
 (vaegen.dataset_format); a break raises DatasetError (exit 2) naming the dataset and the reason.
 """
 
@@ -12,6 +12,7 @@ import csv
 import hashlib
 import io
 import json
+import tarfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +28,7 @@ from vaegen.dataset_format import (
     MANIFEST_VERSION,
     PARQUET_COLUMNS,
     SCHEMA_KEY,
+    WDS_MEMBERS,
     decode_png,
 )
 from vaegen.errors import VaegenError
@@ -124,6 +126,8 @@ def _format_of(manifest: dict[str, Any], root: Path) -> tuple[str, str]:
             fmt = "imagefolder"
         elif any(root.glob("part-*.npz")):
             fmt = "npz"
+        elif any(root.glob("part-*.tar")):
+            fmt = "webdataset"
         else:
             fmt = "parquet"
     if fmt not in FORMATS:
@@ -157,7 +161,7 @@ def read_rows(dataset: Dataset, limit: int | None = None) -> Rows:
 
 
 def read_shard(path: str | Path) -> Rows:
-    """One parquet or npz shard file on its own; its schema metadata or arrays give the shape."""
+    """One shard file on its own; its schema metadata, arrays or PNGs give the shape."""
     path = Path(path)
     fmt = next((f.name for f in FORMATS.values() if f.suffix and path.name.endswith(f.suffix)), "")
     if fmt not in _READERS:
@@ -204,6 +208,8 @@ def _parquet_rows(data: bytes, shape: Shape | None, encoding: str | None) -> Row
         raise ValueError(f"lacks column(s) {', '.join(missing)}")
     shape, encoding = _schema(table.schema.metadata, shape, encoding)
     col = table.column("image").combine_chunks()
+    if pa.types.is_struct(col.type) and col.type.get_field_index("bytes") >= 0:
+        col = col.field("bytes")  # Hugging Face's Image: struct<bytes, path>
     if not (
         pa.types.is_binary(col.type)
         or pa.types.is_large_binary(col.type)
@@ -280,7 +286,34 @@ def _npz_rows(data: bytes, shape: Shape | None, encoding: str | None) -> Rows:
     return Rows(np.asarray(ids, np.int64), np.asarray(labels, np.int64), images)
 
 
-_READERS = {"parquet": _parquet_rows, "npz": _npz_rows}
+def _wds_rows(data: bytes, shape: Shape | None, encoding: str | None) -> Rows:
+    """A webdataset tar: KEY.cls, KEY.json and KEY.png per sample, in id order."""
+    samples: dict[str, dict[str, bytes]] = {}
+    try:
+        with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as tar:
+            for member in tar:
+                key, _, ext = member.name.partition(".")
+                reader = tar.extractfile(member) if member.isfile() else None
+                if ext in WDS_MEMBERS and reader is not None:
+                    samples.setdefault(key, {})[ext] = reader.read()
+    except (tarfile.TarError, OSError, EOFError) as exc:
+        raise ValueError(f"not a readable tar file ({exc})") from None
+    ids, labels, images = [], [], []
+    for key, sample in samples.items():
+        if set(sample) != set(WDS_MEMBERS):
+            raise ValueError(f"sample {key} lacks {', '.join(set(WDS_MEMBERS) - set(sample))}")
+        try:
+            record = json.loads(sample["json"])
+            ids.append(int(record["id"]))
+            labels.append(int(sample["cls"]))
+        except (ValueError, TypeError, KeyError) as exc:
+            raise ValueError(f"sample {key}: bad cls or json ({exc})") from None
+        images.append(decode_png(sample["png"]))
+    shape = shape or (tuple(images[0].shape) if images else (0, 0, 0))
+    return Rows(np.asarray(ids, np.int64), np.asarray(labels, np.int64), _stack(images, shape))
+
+
+_READERS = {"parquet": _parquet_rows, "npz": _npz_rows, "webdataset": _wds_rows}
 
 
 def _imagefolder_rows(root: Path, shape: Shape, limit: int | None) -> Rows:

@@ -27,6 +27,7 @@ import numpy as np
 
 from vaegen import telemetry
 from vaegen.atomic import sweep_temp_files
+from vaegen.dataset_card import write_card
 from vaegen.dataset_format import JUDGE_CONFIDENCE
 from vaegen.dirlock import hold_directory
 from vaegen.errors import VaegenError
@@ -246,6 +247,7 @@ def _finish(
     manifest["execution"]["seconds"] = round(seconds, 3)
     manifest["execution"]["generated_samples"] = generated
     write_manifest(job.out, manifest)
+    write_card(job.out)  # DATASET/README.md, from the complete manifest
     sweep_temp_files(job.out)
     if job.options.pushgateway:
         try:

@@ -1,8 +1,9 @@
 """Shard writers, one per --format, each byte-stable and written temp-then-rename.
 
 The layout they write is vaegen.dataset_format's contract. Byte stability: parquet carries no
-timestamps (only pyarrow's created_by string), npz members get a fixed zip date, and PNGs carry
-no text chunks; so one spec gives identical files on one provider and one library version.
+timestamps (only pyarrow's created_by string), npz members get a fixed zip date, tar members a
+fixed mtime, owner and mode, and PNGs carry no text chunks; so one spec gives identical files on
+one provider and one library version.
 """
 
 from __future__ import annotations
@@ -10,10 +11,11 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
+import json
 import os
 import zipfile
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +30,7 @@ from vaegen.dataset_format import (
     encode_png,
     image_path,
     label_name,
+    sample_key,
     schema_metadata,
 )
 from vaegen.errors import VaegenError
@@ -52,9 +55,14 @@ class ShardRows:
     labels: np.ndarray
     images: np.ndarray  # uint8 [n, C, H, W]
     class_names: Sequence[str]
+    # Extra per-row fields (numeric arrays [n]), in the order they are written after `image`.
+    extra: Mapping[str, np.ndarray] = field(default_factory=dict)
 
     def names_by_label(self) -> dict[int, str]:
         return {int(lab): label_name(lab, self.class_names) for lab in np.unique(self.labels)}
+
+    def extra_dtypes(self) -> dict[str, str]:
+        return {name: np.asarray(col).dtype.name for name, col in self.extra.items()}
 
 
 def write_shard(
@@ -67,19 +75,41 @@ def write_shard(
     labels: np.ndarray,
     images: np.ndarray,
     class_names: Sequence[str],
+    extra: Mapping[str, np.ndarray] | None = None,
 ) -> WrittenShard:
-    """Write one shard under `out_dir`; returns its file name, sha256 and size."""
+    """Write one shard under `out_dir`; returns its file name, sha256 and size.
+
+    `extra`: more per-row fields (numeric numpy arrays of n values): parquet columns after
+    `image`, npz arrays, keys of a webdataset sample's JSON; imagefolder ignores them.
+    """
     if fmt not in _WRITERS:
         raise ValueError(f"unknown format {fmt!r}")
-    rows = ShardRows(index, ids, labels, images, class_names)
+    for name, col in (extra or {}).items():
+        if np.asarray(col).shape != (len(ids),) or np.asarray(col).dtype.kind not in "iuf":
+            raise ValueError(f"extra field {name!r} is not one number per row")
+    rows = ShardRows(index, ids, labels, images, class_names, dict(extra or {}))
     return _WRITERS[fmt](Path(out_dir), rows, encoding)
 
 
 def _int64_array(values: np.ndarray):  # noqa: ANN202 - a pyarrow.Array
+    return _numeric_array(np.asarray(values, dtype=np.int64))
+
+
+def _numeric_array(values: np.ndarray):  # noqa: ANN202 - a pyarrow.Array
     import pyarrow as pa
 
-    data = np.ascontiguousarray(values, dtype=np.int64)
-    return pa.Array.from_buffers(pa.int64(), len(data), [None, pa.py_buffer(data)])
+    data = np.ascontiguousarray(values)
+    kind = pa.from_numpy_dtype(data.dtype)
+    return pa.Array.from_buffers(kind, len(data), [None, pa.py_buffer(data)])
+
+
+def _image_struct(pngs: Sequence[bytes]):  # noqa: ANN202 - a pyarrow.StructArray
+    """Hugging Face's Image storage: struct<bytes: binary, path: string>, paths null."""
+    import pyarrow as pa
+
+    data = _binary_array(pngs, pa.binary())
+    paths = pa.nulls(len(pngs), pa.string())
+    return pa.StructArray.from_arrays([data, paths], names=["bytes", "path"])
 
 
 def _binary_array(items: Sequence[bytes], kind):  # noqa: ANN001, ANN202 - pyarrow types
@@ -121,10 +151,11 @@ def _parquet_table(rows: ShardRows, encoding: str):  # noqa: ANN202 - a pyarrow.
             pa.binary(flat.shape[1]), n, [None, pa.py_buffer(flat)]
         )
     else:
-        image_col = _binary_array([encode_png(img) for img in rows.images], pa.binary())
+        image_col = _image_struct([encode_png(img) for img in rows.images])
     columns = [_int64_array(rows.ids), _int64_array(rows.labels), label_names, image_col]
-    table = pa.Table.from_arrays(columns, names=list(PARQUET_COLUMNS))
-    meta = schema_metadata(rows.images.shape[1:], encoding, rows.class_names)
+    columns += [_numeric_array(col) for col in rows.extra.values()]
+    table = pa.Table.from_arrays(columns, names=[*PARQUET_COLUMNS, *rows.extra])
+    meta = schema_metadata(rows.images.shape[1:], encoding, rows.class_names, rows.extra_dtypes())
     return table.replace_schema_metadata(meta)
 
 
@@ -153,16 +184,59 @@ def _write_parquet(out: Path, rows: ShardRows, encoding: str) -> WrittenShard:
 def _write_npz(out: Path, rows: ShardRows, encoding: str) -> WrittenShard:
     # np.savez stamps the wall-clock time into each zip member; write the zip by hand instead.
     buf = io.BytesIO()
+    arrays = (("id", rows.ids), ("label", rows.labels), ("images", rows.images))
     with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
-        for key, arr in (("id", rows.ids), ("label", rows.labels), ("images", rows.images)):
+        for key, arr in (*arrays, *rows.extra.items()):
             info = zipfile.ZipInfo(f"{key}.npy", date_time=_ZIP_DATE)
             info.external_attr = 0o644 << 16
             with zf.open(info, "w", force_zip64=True) as member:
                 np.lib.format.write_array(member, np.ascontiguousarray(arr), allow_pickle=False)
-    view = buf.getbuffer()
-    name = FORMATS["npz"].shard_file(rows.index)
+    return _write_buffer(out, str(FORMATS["npz"].shard_file(rows.index)), buf.getbuffer())
+
+
+def _write_buffer(out: Path, name: str, view: memoryview) -> WrittenShard:
     write_bytes_atomic(out / name, view)
     return WrittenShard(file=name, sha256=hashlib.sha256(view).hexdigest(), bytes=view.nbytes)
+
+
+# A USTAR header of a regular file, mode 0644, uid/gid 0, mtime 0, no owner names: what
+# Python 3.11's tarfile writes for such a member, built here from constant parts around the name
+# and size: tarfile's own header code took half of a webdataset shard's time.
+_TAR_MODE_IDS = b"0000644\0" + b"0000000\0" * 2
+# typeflag "0", no link name, magic, no owner names, no device numbers (a regular file), no prefix
+_TAR_TAIL = b"0" + b"\0" * 100 + b"ustar\x0000" + b"\0" * (64 + 16 + 155)
+_TAR_CONST_SUM = sum(_TAR_MODE_IDS) + sum(b"00000000000\0") + sum(_TAR_TAIL) + 8 * ord(" ")
+_TAR_BLOCK, _TAR_RECORD = 512, 10240  # tarfile's BLOCKSIZE and RECORDSIZE
+
+
+def _tar_member(parts: list[bytes], name: str, data: bytes) -> None:
+    raw = name.encode()
+    if len(raw) > 100:
+        raise ValueError(f"tar member name {name!r} is longer than USTAR's 100 bytes")
+    size = b"%011o\0" % len(data)
+    chksum = _TAR_CONST_SUM + sum(raw) + sum(size)
+    head = raw.ljust(100, b"\0") + _TAR_MODE_IDS + size + b"00000000000\0"
+    parts += [head, b"%06o\0 " % chksum, _TAR_TAIL, b"\0" * 12, data]
+    parts.append(b"\0" * (-len(data) % _TAR_BLOCK))
+
+
+def _write_webdataset(out: Path, rows: ShardRows, encoding: str) -> WrittenShard:
+    """KEY.cls, KEY.json and KEY.png per row, in id order (webdataset's sample layout)."""
+    names_by_label = rows.names_by_label()
+    extra = {name: np.asarray(col).tolist() for name, col in rows.extra.items()}
+    parts: list[bytes] = []
+    for i, (sample_id, lab) in enumerate(zip(rows.ids.tolist(), rows.labels.tolist(),
+                                             strict=True)):  # fmt: skip
+        key = sample_key(sample_id)
+        record = {"id": sample_id, "label": lab, "label_name": names_by_label[lab]}
+        record.update((name, values[i]) for name, values in extra.items())
+        _tar_member(parts, f"{key}.cls", str(lab).encode())
+        _tar_member(parts, f"{key}.json", json.dumps(record).encode())
+        _tar_member(parts, f"{key}.png", encode_png(rows.images[i]))
+    size = sum(len(p) for p in parts) + 2 * _TAR_BLOCK  # the end: two zero blocks
+    parts.append(b"\0" * (2 * _TAR_BLOCK + (-size % _TAR_RECORD)))
+    name = str(FORMATS["webdataset"].shard_file(rows.index))
+    return _write_buffer(out, name, memoryview(b"".join(parts)))
 
 
 def _write_imagefolder(out: Path, rows: ShardRows, encoding: str) -> WrittenShard:
@@ -185,6 +259,7 @@ _WRITERS: dict[str, Callable[[Path, ShardRows, str], WrittenShard]] = {
     "parquet": _write_parquet,
     "npz": _write_npz,
     "imagefolder": _write_imagefolder,
+    "webdataset": _write_webdataset,
 }
 
 

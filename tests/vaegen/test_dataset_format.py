@@ -10,6 +10,7 @@ import pytest
 
 from vaegen.dataset_format import (
     FORMATS,
+    HF_SCHEMA_KEY,
     MANIFEST,
     MANIFEST_KIND,
     SCHEMA_KEY,
@@ -82,12 +83,29 @@ def test_a_changed_shard_is_refused(tmp_path: Path) -> None:
 def test_names_and_metadata() -> None:
     assert FORMATS["parquet"].shard_file(7) == "part-00007.parquet"
     assert FORMATS["imagefolder"].shard_file(7) is None
-    assert [f.default_encoding for f in FORMATS.values()] == ["raw", "png", "raw"]
+    assert FORMATS["webdataset"].shard_file(7) == "part-00007.tar"
+    assert [f.default_encoding for f in FORMATS.values()] == ["raw", "png", "raw", "png"]
     assert [class_dir(i, n, NAMES) for i, n in enumerate(NAMES)] == ["zero", "one_two", "three"]
     assert class_dir(-1, "", NAMES) == "unlabeled"
     assert class_dir(0, ".x", [".x"]) == "class_0" and class_dir(1, "a", ["a ", "a"]) == "class_1"
     meta = json.loads(schema_metadata((1, 2, 3), "png", ["a"])[SCHEMA_KEY])
     assert list(meta) == ["image_shape", "encoding", "dtype", "class_names"]
+
+
+@pytest.mark.parametrize("encoding", ["raw", "png"])
+@pytest.mark.parametrize("names", [["a", "b/c"], []])
+def test_huggingface_metadata_is_what_datasets_writes(encoding: str, names: list[str]) -> None:
+    # `datasets` reads the features back only from its own key and JSON layout, and only for
+    # columns whose Arrow type is the feature's own (Features.from_arrow_schema).
+    from datasets import ClassLabel, Features, Image, Value
+
+    label = ClassLabel(names=names) if names else Value("int64")
+    image = Image() if encoding == "png" else Value("fixed_size_binary[6]")
+    features = Features(id=Value("int64"), label=label, label_name=Value("string"), image=image,
+                        judge_confidence=Value("float32"))  # fmt: skip
+    meta = schema_metadata((1, 2, 3), encoding, names, {"judge_confidence": "float32"})
+    assert list(meta) == [SCHEMA_KEY, HF_SCHEMA_KEY]
+    assert meta[HF_SCHEMA_KEY] == features.arrow_schema.metadata[HF_SCHEMA_KEY]
     assert balanced_counts(7, [5, 2]) == {2: 4, 5: 3}
 
 

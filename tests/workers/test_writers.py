@@ -49,19 +49,27 @@ def test_parquet_raw_round_trip_and_schema(tmp_path: Path) -> None:
     assert np.array_equal(got.images, images)
 
 
-def test_parquet_bytes_match_a_table_built_by_pa_table(tmp_path: Path) -> None:
+def test_parquet_bytes_match_a_table_built_by_pa_table_and_datasets(tmp_path: Path) -> None:
     # The writer builds its arrays from buffers (no pandas import); the file must be the very
-    # one pyarrow's own constructors give.
+    # one pyarrow's own constructors give, with the `huggingface` metadata `datasets` writes.
     import json
 
     import pyarrow as pa
+    from datasets import ClassLabel, Features, Image, Value
 
     for encoding in ("raw", "png"):
         written, ids, labels, images = _write(tmp_path / encoding, "parquet", encoding)
         if encoding == "raw":
             image_col = pa.array([img.tobytes() for img in images], type=pa.binary(64))
+            image_feature = Value("fixed_size_binary[64]")
         else:
-            image_col = pa.array([encode_png(img) for img in images], type=pa.binary())
+            pngs = [{"bytes": encode_png(img), "path": None} for img in images]
+            image_col = pa.array(pngs, type=Image().pa_type)
+            image_feature = Image()
+        features = Features(
+            id=Value("int64"), label=ClassLabel(names=list(NAMES)),
+            label_name=Value("string"), image=image_feature,
+        )  # fmt: skip
         meta = {"image_shape": [1, 8, 8], "encoding": encoding, "dtype": "uint8",
                 "class_names": list(NAMES)}  # fmt: skip
         table = pa.table(
@@ -71,7 +79,8 @@ def test_parquet_bytes_match_a_table_built_by_pa_table(tmp_path: Path) -> None:
                 "label_name": pa.array([NAMES[i] for i in labels]),
                 "image": image_col,
             }
-        ).replace_schema_metadata({"vaegen": json.dumps(meta)})
+        ).replace_schema_metadata({"vaegen": json.dumps(meta), **features.arrow_schema.metadata})
+        assert table.schema == features.arrow_schema.with_metadata(table.schema.metadata)
         pq.write_table(
             table, tmp_path / "ref.parquet", row_group_size=16384, compression="snappy",
             use_dictionary=["label_name"], write_statistics=["id", "label"],
@@ -95,6 +104,53 @@ def test_png_encoding_decodes_to_raw_pixels(tmp_path: Path) -> None:
     one = images[0]
     assert np.array_equal(decode_png(encode_png(one)), one)
     assert encode_png(one) == encode_png(one.copy())
+
+
+def test_webdataset_tar_is_deterministic_and_reads_back(tmp_path: Path) -> None:
+    import json
+    import tarfile
+
+    written, ids, labels, images = _write(tmp_path / "a", "webdataset", "png")
+    again, *_ = _write(tmp_path / "b", "webdataset", "png")
+    path = tmp_path / "a" / written.file
+    assert written.file == "part-00003.tar" and written.sha256 == again.sha256
+    assert written.sha256 == sha256_file(path) and written.bytes == path.stat().st_size
+    with tarfile.open(path) as tar:
+        members = tar.getmembers()
+        first = {m.name: tar.extractfile(m).read() for m in members[:3]}
+    key = f"{ids[0]:09d}"
+    assert [m.name for m in members[:3]] == [f"{key}.cls", f"{key}.json", f"{key}.png"]
+    assert len(members) == 3 * len(ids)
+    assert {(m.mtime, m.uid, m.gid, m.uname, m.gname, m.mode) for m in members} == {
+        (0, 0, 0, "", "", 0o644)
+    }
+    assert first[f"{key}.cls"] == str(labels[0]).encode()
+    record = {"id": int(ids[0]), "label": int(labels[0]), "label_name": NAMES[labels[0]]}
+    assert json.loads(first[f"{key}.json"]) == record
+    got = read_shard(path)
+    assert np.array_equal(got.ids, ids) and np.array_equal(got.labels, labels)
+    assert np.array_equal(got.images, images)
+
+
+def test_webdataset_tar_is_the_one_tarfile_writes(tmp_path: Path) -> None:
+    # The writer builds its USTAR headers itself (tarfile's took half a shard's time): the
+    # bytes must be tarfile's own for the same members.
+    import io
+    import json
+    import tarfile
+
+    written, ids, labels, images = _write(tmp_path, "webdataset", "png", shape=(3, 5, 7))
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+        for sample_id, lab, img in zip(ids.tolist(), labels.tolist(), images, strict=True):
+            record = {"id": sample_id, "label": lab, "label_name": NAMES[lab]}
+            members = {"cls": str(lab).encode(), "json": json.dumps(record).encode(),
+                       "png": encode_png(img)}  # fmt: skip
+            for ext, data in members.items():
+                info = tarfile.TarInfo(f"{sample_id:09d}.{ext}")
+                info.size, info.mode, info.uname, info.gname = len(data), 0o644, "", ""
+                tar.addfile(info, io.BytesIO(data))
+    assert (tmp_path / written.file).read_bytes() == buf.getvalue()
 
 
 def test_npz_loads_with_numpy(tmp_path: Path) -> None:
