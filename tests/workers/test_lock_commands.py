@@ -9,7 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 from vaegen.cli import app
-from vaegen.dirlock import LOCK_NAME, hold_directory
+from vaegen.dirlock import LOCK_NAME, hold_directory, hold_published
 
 
 @pytest.mark.parametrize(
@@ -36,3 +36,16 @@ def test_a_busy_folder_is_refused(command: list[str], cvae_onnx: Path, tmp_path:
     assert "in use by the-holder" in line and f"pid {lock.holder.pid}" in line, line
     assert sorted(p.name for p in busy.iterdir()) == ["keep.txt"]
     assert not (busy / LOCK_NAME).exists() and not missing.exists()
+
+
+def test_a_busy_judge_folder_is_refused(tmp_path: Path) -> None:
+    # JUDGE is published by renaming a staged folder onto it: its lock lives beside it.
+    judge_cli = pytest.importorskip("eval.judge_cli")
+    out = tmp_path / "judge"
+    with hold_published(out, "the-holder") as lock:
+        result = CliRunner().invoke(judge_cli.app, ["--dataset", "digits", "--out", str(out)])
+        assert lock.holder.token in lock.path.read_text()
+    assert result.exit_code == 2, result.output
+    [line] = result.output.strip().splitlines()
+    assert "in use by the-holder" in line and f"pid {lock.holder.pid}" in line, line
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
