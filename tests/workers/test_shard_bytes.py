@@ -2,6 +2,9 @@
 
 The hashes were recorded from the code before the issue #11 refactor; any later change to the
 planner, the streams, the writers or the manifest's shard records that alters a byte fails here.
+Issue #16 changed parquet's bytes on purpose (the `huggingface` schema metadata; png images as
+Hugging Face's struct<bytes, path>): those were recorded again, and webdataset's added; npz and
+imagefolder kept theirs.
 The decoder is exact on every CPU (a 0/1 selection matmul, a power-of-two scale, integer class
 offsets, then Round/Clip/Cast: each step is one correctly rounded IEEE operation), so the bytes
 depend on numpy's streams and the writers' libraries (pyarrow, Pillow, zlib), never on which
@@ -22,37 +25,38 @@ CASES = [
     (model, fmt, encoding)
     for model in ("cvae", "vae")
     for fmt, encoding in (("parquet", "raw"), ("parquet", "png"), ("npz", "raw"),
-                          ("imagefolder", "png"))
+                          ("imagefolder", "png"), ("webdataset", "png"))
 ]  # fmt: skip
 SPECS = {
     "cvae": {"num_samples": 300, "class_counts": "cat=40,1=100,2=60,ému=100", "shard_size": 64,
              "batch_size": 50, "seed": 11},
     "vae": {"num_samples": 50, "shard_size": 20, "batch_size": 7, "seed": 3},
 }  # fmt: skip
-# Recorded from main at d8ddfc0 (before the refactor): shard sha256 values in index order, the
-# sha256 of labels.csv (imagefolder), and the sha256 of the manifest's byte-deciding fields.
+# Recorded from main at d8ddfc0 (before the refactor); parquet and webdataset at 5e62cd4 (#16):
+# shard sha256 values in index order, the sha256 of labels.csv (imagefolder), and the sha256 of
+# the manifest's byte-deciding fields.
 EXPECTED: dict[tuple[str, str, str], dict] = {
     ("cvae", "parquet", "raw"): {
         "shards": [
-            "d1869727e17f0248e76a45ded409971015103437ff3f7b1ab8d5336b631df070",
-            "de25bc78566455565ef6e2d29a003b5232708ebf4fddd91f1303daca0f2a632c",
-            "f91bca828881cd8ed4bba66a6b9fa90e4c69fbe4fa188a2bf9cb41ec2fec943f",
-            "61dc3ae73de9be2f520493c1328ebd22bf9633190bb4f04229f993a07f6ff97c",
-            "e52372a56545aabcf504aad46727b01175345a60feadc3df3635dd762e53c557",
+            "07217f4bb65c69de9665e41b77c0b8feca034309d358c4c122f525df81b31bf5",
+            "3bc7774f8a8c109f9707653a3e108c636b0fa6807ab30e8debfbc619f3b05ead",
+            "66b2652f40deeff6e61ca6b467bedb578a529bc16581c1ec8892920d4273ee44",
+            "edb9230543b3c19b80ce38023e19fbfa0c2bf99d581e626c6e81ba403ee4b575",
+            "6421cfdb30c8c275ff6dfaee20f8b91ef08aed56373c778806e003259488e9a8",
         ],
         "labels_csv": None,
-        "manifest": "c22600130d070826828cb1d6596c96c3cbe5a4e3fa3d4ff8362522b778868a5b",
+        "manifest": "85a26efb61dc0cb2f2116c576060174f9e7559d6fac8bedf3bfc2bc3f5ff180d",
     },
     ("cvae", "parquet", "png"): {
         "shards": [
-            "64302f2cdf4a451f149a1cef43b609b81224ad53aa35a2e4401e0f18b953fafd",
-            "72983db4c8b757acb1d323618d5244873f6c827f7e266d49f378c7dc26b5f411",
-            "bd22e19fd44e81a66c86879561195d547ad036874e9ffc2c321eda8f592a0f2a",
-            "f9d0c13cb3d1474ba6f3582999274eb96eec9579afce5a0ca2fe691057bbd258",
-            "1fe3f8386518528426106da9220f37072e9bd2c765234ccce47e0cb39ecda1a9",
+            "b330a11ca4e792c85b9666eaea0004554e04f8d1acde6762a8609f576204ad29",
+            "9b8c8df6841c03ab046dac0d9500ff80b2e3120518e804976100b48a30311dc4",
+            "84f24794962963ad54404d12a535cc0ae19fafaba30349f1427e8f13f1470f50",
+            "5ae87f0100feea68da0a2516bd269d74438c9e86f257f6ea32416c9d3f8292c1",
+            "f2acd3979c9fbd4dc08f67e56392cf4ea697c108a43bf4ef619b7266a6e54ffa",
         ],
         "labels_csv": None,
-        "manifest": "69c6a27cd674c8666a9bfc1486d257e15a2076f2dd0bd5a359d948fbeb5a98c5",
+        "manifest": "1ec2538805ab6e3d2f4c442bf5f02db69113545e40de2bfe99975389cc756bde",
     },
     ("cvae", "npz", "raw"): {
         "shards": [
@@ -78,21 +82,21 @@ EXPECTED: dict[tuple[str, str, str], dict] = {
     },
     ("vae", "parquet", "raw"): {
         "shards": [
-            "8ef7f30b5efb8e206b8c244ab799a5d7aa35e4922d5b152a8975e14f772c43fa",
-            "dfe8063b7a3c6b40276b980b953618e99e1a5d8c241fd764fdb030559e74d797",
-            "95608ae98dbd9316b0c81b908dd50506db178c51c4e49f30167fa4c5509370ca",
+            "039aac69d0b69ff97cb76d79137d30d813aafbb879a4b59adb8a73f7d5e634a5",
+            "7c5a1117537ceef722fc09a2c8923563d7472f9a3f83a92e7fc81166389cc0af",
+            "9acd83744b3782b7d346fedd89c0a61437d136eadd7f597991a56ebea7d64f12",
         ],
         "labels_csv": None,
-        "manifest": "03ec1b09b0581551256ca9d3af8ef62a2ea7fa74aa64bc187a0ef9c13697d968",
+        "manifest": "ac309920f00e58d68be661a76834b955e89504db607df7eede2b606ee0dfeaef",
     },
     ("vae", "parquet", "png"): {
         "shards": [
-            "bd7b3c694a832f36ac97bc1697f82df55e645d66c7e4887a273d06270cbafd46",
-            "aff71f69a3fd82635856aece053a7ecc24ea6e08a231bd7ffc407e28d8c83fa5",
-            "0915f7a045dfefc50df615d7a330c6496055768f4158689e381f661d5b7fbb74",
+            "0f5265c6f83a005ff2271bd9d0b18e64304793d66bc7436cb5266f242e47f0e6",
+            "9edfdecb948eb9b9c67c7c3e162391f7e02ea51ce64da2bd58929044a9695013",
+            "59d5333370e8dedbed1f3c7b1d0faa84b6d3706285daba72ba5259bc2442968b",
         ],
         "labels_csv": None,
-        "manifest": "5b9bad26bac7fca5ca2660e69256ae316c14e6ad028f4113112ab7f2d3e13d88",
+        "manifest": "731ff4a482e933029d9a8f3901e4340aff4c69a9659df7ff7a2573dc664d9aaf",
     },
     ("vae", "npz", "raw"): {
         "shards": [
@@ -111,6 +115,26 @@ EXPECTED: dict[tuple[str, str, str], dict] = {
         ],
         "labels_csv": "27612ed562982af263d567b573280925b5c6f9c57bedd663fe751630f604fc5e",
         "manifest": "e29e3ad53914ea36684be48ab234070a84923e83da1a3ec8a5fda4593c219ffd",
+    },
+    ("cvae", "webdataset", "png"): {
+        "shards": [
+            "ea544d18d69d6baa36037c8e012ae95ec97d4e98f93ab2f71ab8d5f3fa46b01a",
+            "2499379e72b3c0e4b608ff48944380e611f9b2574a30aa4edd14e39718a2c84a",
+            "927390eb1d987ae49fcdc41ffd40a98a711612311641e77a3d6e6dcacf911d40",
+            "46e74763d8c9db51611acc7755da4fa13301fc5a8630b58ee2bcc60983b69905",
+            "88ed268f4ea965b8e9b8baddeb23a3fe43a2616de0c6de575b3058dbc453fa97",
+        ],
+        "labels_csv": None,
+        "manifest": "e198fe19318cf2cd2a72bcd8a6fa9f217730a0dc84bac2da82732caa6eb10845",
+    },
+    ("vae", "webdataset", "png"): {
+        "shards": [
+            "db92371ac99d99070a7d9b665c5ec1a44d5330f524c9d8a7fdf82d3f1fd35c57",
+            "954003fd7ac8d06530875e1819ff57a6166b09009848b538dece1cb67b0dc13f",
+            "befb57ca2ed38eb1c19fa8db84999e50df0086e7d0462c49ed49bb5123cc54d0",
+        ],
+        "labels_csv": None,
+        "manifest": "cac4f0f8e184dfe5af231f2fb4a923f8af7e109616fd97c1176689c8d8b7a82f",
     },
 }
 
