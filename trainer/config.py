@@ -132,7 +132,7 @@ class TrainConfig:
     epochs: int = flag(10, "Training epochs.")
     batch_size: int = flag(128, "Global batch size (split across workers).")
     lr: float = flag(1e-3, "Adam learning rate.")
-    workers: int = flag(2, "Ray Train workers (DDP).")
+    workers: int = flag(0, "Ray Train workers (DDP); 0: one per node, or per GPU with --gpu.")
     gpu: bool = flag(False, "One GPU per worker.")
     seed: int = flag(0, "Random seed.")
     keep_checkpoints: int = 3
@@ -146,8 +146,10 @@ class TrainConfig:
             raise VaegenError(f"--batch-size must be >= 1; got {self.batch_size}")
         if not self.lr > 0:
             raise VaegenError(f"--lr must be > 0; got {self.lr}")
-        if self.workers < 1:
-            raise VaegenError(f"--workers must be >= 1; got {self.workers}")
+        if self.workers < 0:
+            raise VaegenError(
+                f"--workers must be >= 0 (0: sized to the cluster); got {self.workers}"
+            )
         if self.image_size is not None and self.image_size < 1:
             raise VaegenError(f"--image-size must be >= 1; got {self.image_size}")
         if self.keep_checkpoints < 1:
@@ -160,6 +162,7 @@ class TrainConfig:
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
         kwargs = dict(data)
         kwargs["loss"] = LossConfig(**kwargs.get("loss", {}))
+        kwargs.pop("layout", None)  # RUN/model/config.json's record of the worker group
         return cls(**kwargs)
 
 

@@ -24,6 +24,8 @@ from trainer.config import ModelConfig, TrainConfig
 from trainer.corruption import parse_corruption
 from trainer.models import VAE, build_model
 from trainer.objectives import objective_loss
+from trainer.timeline import TIMELINE_KEY, process_start
+from vaegen.raycluster import node_cpus
 
 CHECKPOINT_WEIGHTS = "model.safetensors"
 CHECKPOINT_OPTIMIZER = "optimizer.pt"
@@ -103,20 +105,11 @@ def _load_checkpoint(directory: Path, model: VAE, optimizer: torch.optim.Optimiz
     return int(json.loads((directory / CHECKPOINT_STATE).read_text())["epoch"]) + 1
 
 
-def train_loop_per_worker(config: dict[str, Any]) -> None:
-    import ray
-    import ray.train
-    import ray.train.torch
-    from ray.train import Checkpoint
-
-    model_cfg = ModelConfig.from_dict(config["model"])
-    train_cfg = TrainConfig.from_dict(config["train"])
-    context = ray.train.get_context()
-    rank, world = context.get_world_rank(), context.get_world_size()
-    torch.set_num_threads(max(1, int(config.get("threads_per_worker", 1))))
-    torch.manual_seed(train_cfg.seed * 1000 + rank)
-
-    train_x, train_y, test_x, test_y = ray.get(config["data_ref"])
+def _loaders(
+    data: tuple[np.ndarray, ...], train_cfg: TrainConfig, rank: int, world: int
+) -> tuple[DataLoader, DataLoader]:
+    """This worker's shards of the train (shuffled) and test splits."""
+    train_x, train_y, test_x, test_y = data
     train_set = TensorDataset(torch.from_numpy(train_x), torch.from_numpy(train_y))
     test_set = TensorDataset(torch.from_numpy(test_x), torch.from_numpy(test_y))
     per_worker_batch = max(1, train_cfg.batch_size // world)
@@ -124,8 +117,58 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         train_set, num_replicas=world, rank=rank, shuffle=True, seed=train_cfg.seed
     )
     test_sampler = DistributedSampler(test_set, num_replicas=world, rank=rank, shuffle=False)
-    train_loader = DataLoader(train_set, batch_size=per_worker_batch, sampler=train_sampler)
-    test_loader = DataLoader(test_set, batch_size=max(per_worker_batch, 512), sampler=test_sampler)
+    return (
+        DataLoader(train_set, batch_size=per_worker_batch, sampler=train_sampler),
+        DataLoader(test_set, batch_size=max(per_worker_batch, 512), sampler=test_sampler),
+    )
+
+
+def _report(
+    rank: int,
+    model: VAE,
+    optimizer: torch.optim.Optimizer,
+    metrics: dict[str, Any],
+    events: dict[str, float],
+) -> dict[str, float]:
+    """Report one epoch; rank 0 attaches the checkpoint and its timeline steps so far.
+
+    Returns the steps to send with the next report.
+    """
+    import ray.train
+    from ray.train import Checkpoint
+
+    if rank != 0:
+        ray.train.report(metrics)
+        return events
+    epoch = metrics["epoch"]
+    with tempfile.TemporaryDirectory(prefix="vaegen-ckpt-") as tmp:
+        _save_checkpoint(Path(tmp), model, optimizer, {"epoch": epoch, "metrics": metrics})
+        events[f"epoch {epoch} checkpoint written"] = time.time()
+        sent = {**metrics, TIMELINE_KEY: events}
+        ray.train.report(sent, checkpoint=Checkpoint.from_directory(tmp))
+    return {f"epoch {epoch} report returned": time.time()}
+
+
+def train_loop_per_worker(config: dict[str, Any]) -> None:
+    import ray
+    import ray.train
+    import ray.train.torch
+
+    # Rank 0's steps, sent with each report for RUN/timeline.json (trainer/timeline.py).
+    events = {"worker process start": process_start(), "worker loop start": time.time()}
+    model_cfg = ModelConfig.from_dict(config["model"])
+    train_cfg = TrainConfig.from_dict(config["train"])
+    context = ray.train.get_context()
+    rank, world = context.get_world_rank(), context.get_world_size()
+    # 0: a whole-node worker (the default layout) uses all of its node's cores.
+    torch.set_num_threads(int(config.get("threads_per_worker", 1)) or node_cpus())
+    torch.manual_seed(train_cfg.seed * 1000 + rank)
+
+    data = ray.get(config["data_ref"])
+    test_x, test_y = data[2], data[3]
+    train_loader, test_loader = _loaders(data, train_cfg, rank, world)
+    train_sampler = train_loader.sampler
+    events["worker data ready"] = time.time()
 
     model = build_model(model_cfg)
     optimizer = torch.optim.Adam(model.parameters(), lr=train_cfg.lr)
@@ -139,13 +182,16 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     if train_cfg.binarize:
         binarize_gen = torch.Generator().manual_seed(train_cfg.seed * 7919 + rank)
     sleep = float(os.environ.get(EPOCH_SLEEP_ENV, "0") or 0)
-
+    events["worker model ready"] = time.time()
     for epoch in range(start_epoch, train_cfg.epochs):
         train_sampler.set_epoch(epoch)
+        events[f"epoch {epoch} start"] = time.time()
         started = time.perf_counter()
         train = _run_epoch(ddp_model, train_loader, optimizer, train_cfg, epoch, binarize_gen)
         train_seconds = time.perf_counter() - started
+        events[f"epoch {epoch} train pass end"] = time.time()
         test = _run_epoch(ddp_model, test_loader, None, train_cfg, epoch, None)
+        events[f"epoch {epoch} test pass end"] = time.time()
         if sleep:
             time.sleep(sleep)
         metrics = {
@@ -162,12 +208,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             "world_size": world,
             **latent_metrics(model, test_x, test_y, beta=train_cfg.loss.beta),
         }
-        if rank == 0:
-            with tempfile.TemporaryDirectory(prefix="vaegen-ckpt-") as tmp:
-                _save_checkpoint(Path(tmp), model, optimizer, {"epoch": epoch, "metrics": metrics})
-                ray.train.report(metrics, checkpoint=Checkpoint.from_directory(tmp))
-        else:
-            ray.train.report(metrics)
+        events = _report(rank, model, optimizer, metrics, events)
 
 
 def pack_data(

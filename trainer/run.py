@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
-import math
 import os
 import shutil
 import threading
@@ -15,6 +15,12 @@ from typing import IO, Any
 from trainer.checkpoint import save_model
 from trainer.config import ModelConfig, TrainConfig, check_compatible
 from trainer.resume import check_same_run, record_run
+from trainer.timeline import (
+    TIMELINE_FILE,
+    TIMELINE_KEY,
+    Timeline,
+    controller_timeline_callback,
+)
 from vaegen.atomic import ensure_writable_dir
 from vaegen.dirlock import hold_directory
 from vaegen.errors import VaegenError
@@ -60,19 +66,17 @@ def _forward_metrics_callback(queue: Any) -> Any:
     return ForwardMetrics()
 
 
-def _scaling(workers: int, use_gpu: bool) -> tuple[Any, int]:
-    import ray
+def _scaling(layout: Any) -> Any:
     from ray.train import ScalingConfig
 
-    total = float(ray.cluster_resources().get("CPU", 1.0))
-    if use_gpu and ray.cluster_resources().get("GPU", 0) < workers:
-        raise VaegenError(f"--gpu needs {workers} GPUs in the Ray cluster; it has fewer")
-    # Fractional CPUs when workers outnumber cores, so the group can always be placed.
-    cpus = max(1.0, math.floor(total / workers)) if total >= workers else total / workers
-    scaling = ScalingConfig(
-        num_workers=workers, use_gpu=use_gpu, resources_per_worker={"CPU": cpus}
+    # One worker per node when sized to the cluster: STRICT_SPREAD keeps two off one node.
+    spread = layout.chosen_by == "cluster" and not layout.gpu and layout.workers > 1
+    return ScalingConfig(
+        num_workers=layout.workers,
+        use_gpu=layout.gpu,
+        resources_per_worker={"CPU": layout.cpus_per_worker},
+        placement_strategy="STRICT_SPREAD" if spread else "PACK",
     )
-    return scaling, max(1, int(cpus))
 
 
 def train(
@@ -85,9 +89,13 @@ def train(
     show_progress: bool = True,
 ) -> TrainResult:
     """Train on Ray and write RUN/{model,checkpoints,train_log.jsonl}; one job per RUN."""
+    timeline = Timeline()
+    timeline.mark("train() called")
     run_dir = Path(out).resolve()
     with hold_directory(run_dir, "vaegen train"):
-        return _train_locked(model_cfg, train_cfg, run_dir, resume, ray_address, show_progress)
+        return _train_locked(
+            model_cfg, train_cfg, run_dir, resume, ray_address, show_progress, timeline
+        )
 
 
 def _train_locked(
@@ -97,6 +105,7 @@ def _train_locked(
     resume: bool,
     ray_address: str | None,
     show_progress: bool,
+    timeline: Timeline,
 ) -> TrainResult:
     _check_resume(run_dir, resume)
     if resume:
@@ -104,10 +113,18 @@ def _train_locked(
     splits = _load_splits(model_cfg, train_cfg)
     ensure_writable_dir(run_dir)
     record_run(run_dir, model_cfg, train_cfg)
-    trainer, queue = _make_trainer(model_cfg, train_cfg, run_dir, splits, ray_address)
-    result, last, epochs_run = _fit(trainer, queue, run_dir, train_cfg.epochs, show_progress)
+    timeline.mark("datasets loaded (driver)")
+    made = _make_trainer(model_cfg, train_cfg, run_dir, splits, ray_address, timeline)
+    trainer, queue, layout = made
+    bar = show_progress
+    result, last, epochs_run = _fit(trainer, queue, run_dir, train_cfg.epochs, bar, timeline)
+    timeline.mark("fit() returned")
     model_dir = run_dir / MODEL
-    final = _save_model(result, last, model_cfg, train_cfg, splits, model_dir)
+    # config.json records the worker group this run used (train.workers: its size).
+    used = dataclasses.replace(train_cfg, workers=layout.workers)
+    final = _save_model(result, last, model_cfg, used, splits, model_dir, layout.to_dict())
+    timeline.mark("RUN/model written")
+    timeline.save(run_dir / TIMELINE_FILE)
     return TrainResult(run_dir=run_dir, model_dir=model_dir, metrics=final, epochs_run=epochs_run)
 
 
@@ -139,8 +156,10 @@ def _make_trainer(
     run_dir: Path,
     splits: tuple[Any, Any],
     ray_address: str | None,
-) -> tuple[Any, Any]:
-    """Start Ray; returns the TorchTrainer and the queue its callback sends each epoch to."""
+    timeline: Timeline,
+) -> tuple[Any, Any, Any]:
+    """Start Ray; returns the TorchTrainer, the queue its callback sends each epoch to, and the
+    worker layout (vaegen.raycluster.TrainLayout)."""
     import ray
     from ray.train import CheckpointConfig, FailureConfig, RunConfig
     from ray.train.torch import TorchTrainer
@@ -148,39 +167,52 @@ def _make_trainer(
 
     from trainer.inputs import evaluation_inputs
     from trainer.loop import pack_data, train_loop_per_worker
-    from vaegen.raycluster import init_ray
+    from vaegen.raycluster import cluster_layout, init_ray
 
     # Ray Train's controller polls workers every 2 s by default, and each epoch's report waits
     # for a poll: on small datasets that idles longer than the epoch computes. Poll faster.
     os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
+    # Ray Train's own Prometheus metrics (a callback in the controller and in each worker, run
+    # on every poll and report): vaegen exports its own (vaegen.telemetry), so skip that work.
+    os.environ.setdefault("RAY_TRAIN_METRICS_ENABLED", "0")
     init_ray(ray_address)
-    scaling, threads = _scaling(train_cfg.workers, train_cfg.gpu)
+    timeline.mark("Ray started")
+    layout = cluster_layout(train_cfg.workers, train_cfg.gpu)
+    print(f"train layout: {layout.describe()}", flush=True)
+    timeline.mark("worker layout chosen")
     train_set, test_set = splits
     test_inputs = evaluation_inputs(test_set.images, train_cfg.binarize)
     data = pack_data(train_set.images, train_set.labels, test_inputs, test_set.labels)
+    data_ref = ray.put(data)
     queue = Queue(actor_options={"num_cpus": 0})
+    timeline.mark("data in the object store")
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={
             "model": model_cfg.to_dict(),
             "train": train_cfg.to_dict(),
-            "data_ref": ray.put(data),
-            "threads_per_worker": threads,
+            "data_ref": data_ref,
+            "threads_per_worker": layout.threads,
         },
-        scaling_config=scaling,
+        scaling_config=_scaling(layout),
         run_config=RunConfig(
             name=RUN_NAME,
             storage_path=str(run_dir / CHECKPOINTS),
             checkpoint_config=CheckpointConfig(num_to_keep=train_cfg.keep_checkpoints),
             failure_config=FailureConfig(max_failures=train_cfg.max_failures),
-            callbacks=[_forward_metrics_callback(queue)],
+            callbacks=[_forward_metrics_callback(queue), controller_timeline_callback(queue)],
         ),
     )
-    return trainer, queue
+    return trainer, queue, layout
 
 
 def _fit(
-    trainer: Any, queue: Any, run_dir: Path, epochs: int, show_progress: bool
+    trainer: Any,
+    queue: Any,
+    run_dir: Path,
+    epochs: int,
+    show_progress: bool,
+    timeline: Timeline,
 ) -> tuple[Any, dict[str, Any], int]:
     """Run `trainer.fit()` on a thread while this one logs each epoch as it arrives.
 
@@ -208,12 +240,18 @@ def _fit(
     ):
         while True:
             try:
-                last = queue.get(timeout=0.5)
+                message = queue.get(timeout=0.5)
             except Empty:
                 if not thread.is_alive() and queue.empty():
                     break
                 continue
+            steps = message.pop(TIMELINE_KEY, {})
+            timeline.merge("worker: " if "epoch" in message else "", steps)
+            if "epoch" not in message:  # a controller step, not an epoch
+                continue
+            last = message
             epochs_run += 1
+            timeline.mark(f"epoch {last['epoch']} logged (driver)")
             _record_epoch(last, log, bar if show_progress else None)
     thread.join()
     if "error" in outcome:
@@ -247,6 +285,7 @@ def _save_model(
     train_cfg: TrainConfig,
     splits: tuple[Any, Any],
     model_dir: Path,
+    layout: dict[str, Any],
 ) -> dict[str, Any]:
     """RUN/model from Ray's last checkpoint (written aside, then swapped in); its metrics."""
     from safetensors.torch import load_file
@@ -276,7 +315,7 @@ def _save_model(
             "num_train": len(train_set),
             "num_test": len(test_set),
         },
-        train=train_cfg.to_dict(),
+        train={**train_cfg.to_dict(), "layout": layout},
         metrics=final,
     )
     _swap_in(staging, model_dir)

@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import math
 import os
 import signal
 import threading
 from collections.abc import Iterator
+from dataclasses import dataclass
+
+from vaegen.errors import VaegenError
 
 
 def init_ray(address: str | None = None, *, num_cpus: int | None = None) -> None:
@@ -63,3 +68,65 @@ def deferred_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGINT, previous)
     if caught:
         raise KeyboardInterrupt
+
+
+@dataclass(frozen=True)
+class TrainLayout:
+    """The Ray Train worker group: how many workers, CPUs reserved and torch threads each."""
+
+    workers: int
+    cpus_per_worker: float
+    threads: int  # 0: each worker uses its node's CPU count (see node_cpus)
+    gpu: bool
+    chosen_by: str  # "cluster" (sized to it) or "--workers"
+
+    def describe(self) -> str:
+        each = "its node's CPUs" if self.threads == 0 else f"{self.threads}"
+        unit = "GPU" if self.gpu else ("node" if self.chosen_by == "cluster" else "worker")
+        return (
+            f"{self.workers} worker(s), one per {unit}, torch threads: {each} "
+            f"(chosen by {self.chosen_by})"
+        )
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def train_layout(node_cpus: list[float], gpus: float, workers: int, use_gpu: bool) -> TrainLayout:
+    """`workers` 0 sizes the group to the cluster: one worker per GPU with `use_gpu`, else one
+    per CPU node using all its cores (two DDP workers on one node split its cores and add an
+    all-reduce per step: slower). `node_cpus` are the CPU counts of the alive nodes."""
+    total = sum(node_cpus) or 1.0
+    chosen_by = "cluster" if workers == 0 else "--workers"
+    if use_gpu:
+        workers = workers or int(gpus)
+        if workers < 1 or gpus < workers:
+            raise VaegenError(
+                f"--gpu needs {max(workers, 1)} GPUs in the Ray cluster; it has {gpus:g}"
+            )
+    elif workers == 0:
+        cpus = min((c for c in node_cpus if c > 0), default=1.0)
+        count = max(1, sum(1 for c in node_cpus if c > 0))
+        return TrainLayout(count, cpus, 0, False, chosen_by)
+    # Fractional CPUs when workers outnumber cores, so the group can always be placed.
+    cpus = max(1.0, math.floor(total / workers)) if total >= workers else total / workers
+    return TrainLayout(workers, cpus, max(1, int(cpus)), use_gpu, chosen_by)
+
+
+def cluster_layout(workers: int, use_gpu: bool) -> TrainLayout:
+    """`train_layout` for the connected Ray cluster."""
+    import ray
+
+    cpus = [float(n["Resources"].get("CPU", 0)) for n in ray.nodes() if n.get("Alive")]
+    return train_layout(cpus, float(ray.cluster_resources().get("GPU", 0)), workers, use_gpu)
+
+
+def node_cpus() -> int:
+    """CPUs Ray sees on the node this process runs on (torch threads for a whole-node worker)."""
+    import ray
+
+    here = ray.get_runtime_context().get_node_id()
+    for node in ray.nodes():
+        if node.get("NodeID") == here:
+            return max(1, int(node["Resources"].get("CPU", 1)))
+    return max(1, os.cpu_count() or 1)
