@@ -66,6 +66,27 @@ def _forward_metrics_callback(queue: Any) -> Any:
     return ForwardMetrics()
 
 
+def _torch_trainer() -> type:
+    """TorchTrainer without Ray's PlacementGroupCleaner.
+
+    The cleaner is a detached actor (one more process to start) that asks the State API, served
+    by the dashboard vaegen does not start, whether the controller lives: each ask waits out a
+    10 s timeout, and stopping it at the end of every run waited for one (12 s of the fixed
+    time). A job's placement groups are removed with its driver anyway.
+    """
+    from ray.train.torch import TorchTrainer
+    from ray.train.v2._internal.callbacks.placement_group_callback import (
+        PlacementGroupCleanerCallback,
+    )
+
+    class Trainer(TorchTrainer):
+        def _create_default_callbacks(self) -> list:
+            callbacks = super()._create_default_callbacks()
+            return [c for c in callbacks if not isinstance(c, PlacementGroupCleanerCallback)]
+
+    return Trainer
+
+
 def _scaling(layout: Any) -> Any:
     from ray.train import ScalingConfig
 
@@ -162,7 +183,6 @@ def _make_trainer(
     worker layout (vaegen.raycluster.TrainLayout)."""
     import ray
     from ray.train import CheckpointConfig, FailureConfig, RunConfig
-    from ray.train.torch import TorchTrainer
     from ray.util.queue import Queue
 
     from trainer.inputs import evaluation_inputs
@@ -186,7 +206,7 @@ def _make_trainer(
     data_ref = ray.put(data)
     queue = Queue(actor_options={"num_cpus": 0})
     timeline.mark("data in the object store")
-    trainer = TorchTrainer(
+    trainer = _torch_trainer()(
         train_loop_per_worker,
         train_loop_config={
             "model": model_cfg.to_dict(),
