@@ -43,6 +43,9 @@ TEMPLATE: dict[str, Any] = {
         "iwae_k": None,
         "mse_per_pixel": None,
         "bce_per_pixel": None,
+        "active_units": None,
+        "kl_per_unit_nats": None,
+        "corrupted_reconstruction": None,
         "num_images": None,
         "num_pixels": None,
         "per_class": None,
@@ -54,6 +57,8 @@ TEMPLATE: dict[str, Any] = {
         "labeled": None,
         "class_counts": None,
         "seed": None,
+        "temperature": None,
+        "judge_filter": None,
     },
     "judge": {
         "path": None,

@@ -23,6 +23,7 @@ HEADLINE = (
     ("likelihood", "iwae_k", "IWAE K"),
     ("likelihood", "mse_per_pixel", "MSE per pixel"),
     ("likelihood", "bce_per_pixel", "BCE per pixel"),
+    ("likelihood", "active_units", "active latent units (Cov(E[z_u|x]) > 0.01)"),
     ("fid", "fid", "FID"),
     ("fid", "kid_mean", "KID mean"),
     ("fid", "kid_std", "KID std"),
@@ -102,6 +103,31 @@ def _per_class_table(metrics: dict[str, Any]) -> str:
     return "<h2>Per class</h2>" + _table(header, rows)
 
 
+def _generation_settings(samples: dict[str, Any]) -> str:
+    """How a --samples DATASET was drawn: temperature and the judge filter, if any."""
+    if samples.get("temperature") is None:
+        return ""
+    text = f"<p>generation settings: temperature {html.escape(fmt(samples['temperature']))}"
+    judge = samples.get("judge_filter")
+    if not judge:
+        return text + ", no judge filter</p>"
+    text += (
+        f", judge filter min confidence {html.escape(fmt(judge.get('min_confidence')))}"
+        f" (min acceptance {html.escape(fmt(judge.get('min_acceptance')))})</p>"
+    )
+    rates = judge.get("acceptance_rate") or {}
+    rows = [[label, rate] for label, rate in rates.items()]
+    return text + (_table(["class", "judge acceptance"], rows) if rows else "")
+
+
+def _corrupted_table(metrics: dict[str, Any]) -> str:
+    corrupted = (metrics.get("likelihood") or {}).get("corrupted_reconstruction")
+    if not corrupted:
+        return ""
+    rows = [[k, corrupted.get(k)] for k in ("corruption", "mse_per_pixel", "bce_per_pixel")]
+    return "<h2>Reconstruction from corrupted inputs</h2>" + _table(["", "value"], rows)
+
+
 _CSS = """
 body { font-family: system-ui, sans-serif; margin: 2em; max-width: 70em; color: #222; }
 table { border-collapse: collapse; margin: 0.5em 0 1.5em; }
@@ -141,8 +167,10 @@ def write_html(out: Path, metrics: dict[str, Any], figures: dict[str, str | None
             f"({html.escape(fmt(samples.get('format')))}, "
             f"{html.escape(fmt(samples.get('num_samples')))} images)</p>"
         )
+    parts.append(_generation_settings(samples))
     parts.append("<h2>Metrics</h2>")
     parts.append(_table(["metric", "value"], [list(r) for r in headline_rows(metrics)]))
+    parts.append(_corrupted_table(metrics))
     parts.append(_per_class_table(metrics))
     for note in metrics.get("notes") or []:
         parts.append(f"<p class='muted'>note: {html.escape(str(note))}</p>")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import os
 import time
 from collections.abc import Iterator
@@ -31,6 +32,7 @@ from eval.report import write_html, write_metrics
 from eval.samples import SampleSet, read_samples, sample_from_decoder
 from vaegen import __version__
 from vaegen.atomic import ensure_writable_dir
+from vaegen.dataset_reader import DatasetError
 from vaegen.dirlock import hold_directory
 from vaegen.errors import VaegenError
 from vaegen.options import build
@@ -118,9 +120,40 @@ def _evaluate(
     total = time.perf_counter() - total_start
     metrics["timings_seconds"]["total"] = total
     EVAL_SECONDS.labels(metric="total").observe(total)
+    if opts.samples is not None:
+        _card_step(opts.samples, metrics)
     write_metrics(out, metrics)
     write_html(out, metrics, figure_paths)
     return metrics
+
+
+def generation_settings(dataset_dir: str | os.PathLike[str]) -> dict[str, Any]:
+    """The sampling temperature and the judge filter a DATASET was generated with (its manifest:
+    a missing temperature means the default 1.0, a missing judge block no filter)."""
+    manifest = json.loads((Path(dataset_dir) / "manifest.json").read_text())
+    judge = manifest.get("judge")
+    judge_filter = None
+    if judge is not None:
+        judge_filter = {
+            "min_confidence": judge.get("min_confidence"),
+            "min_acceptance": judge.get("min_acceptance"),
+            "test_accuracy": judge.get("test_accuracy"),
+            "acceptance_rate": judge.get("acceptance_rate"),
+        }
+    return {
+        "temperature": float(manifest.get("spec", {}).get("temperature", 1.0)),
+        "judge_filter": judge_filter,
+    }
+
+
+def _card_step(dataset_dir: str, metrics: dict[str, Any]) -> None:
+    """Put the scores on DATASET/README.md; an incomplete dataset has no card to update."""
+    from vaegen.dataset_card import update_card_scores
+
+    try:
+        update_card_scores(dataset_dir, metrics)
+    except DatasetError as exc:
+        metrics["notes"].append(f"dataset card not updated: {exc}")
 
 
 def _generated_set_step(ctx: _Context) -> SampleSet | None:
@@ -137,6 +170,8 @@ def _generated_set_step(ctx: _Context) -> SampleSet | None:
         class_counts=sample_set.class_counts(),
         seed=sample_set.seed,
     )
+    if opts.samples is not None:
+        ctx.metrics["samples"].update(generation_settings(opts.samples))
     notes: list[str] = ctx.metrics["notes"]
     if opts.samples and not (opts.wants_fid or opts.cas):
         notes.append("--samples without --fid/--cas: only the rows for the sample grid were read")
@@ -185,6 +220,12 @@ def _likelihood_step(ctx: _Context) -> np.ndarray:
     num_pixels = ctx.run.info.config.num_pixels
     summary = lik.summarize(res, iwae, opts.iwae_k, labels, real.class_names, num_pixels)
     ctx.metrics["likelihood"].update(summary)
+    corrupt = (ctx.run.info.train.get("loss") or {}).get("corrupt")
+    if corrupt:  # a denoising run: also score reconstructions from inputs corrupted as in training
+        with ctx.timed("likelihood"):
+            ctx.metrics["likelihood"]["corrupted_reconstruction"] = lik.corrupted_reconstruction(
+                model, real.targets, labels, corrupt, **common
+            )
     return res.mu
 
 
