@@ -4,9 +4,12 @@ For the fp32 decoder and each scheme (dynamic or static QDQ, per-tensor or per-c
 weights), prints samples/s of session.run at 1 and 2 onnxruntime threads (the workers' session
 options, batch 1024, median of interleaved rounds: this machine is shared), and the pixel
 change against fp32 on 10,000 prior samples (z ~ N(0, I), classes balanced): mean and max
-|image diff| in levels of 255, and the share of pixels that changed.
+|image diff| in levels of 255, and the share of pixels that changed. With --quality (and --run),
+also what the export check measures (exporter.int8_check): label fidelity and FID (judge
+features, against the real test split) of the same samples decoded by fp32 and by each scheme.
 
     .venv/bin/python -P bench/int8.py --run RUN     # a trained checkpoint (RUN/model)
+    .venv/bin/python -P bench/int8.py --run RUN --quality   # + judge scores (cached judge)
     .venv/bin/python -P bench/int8.py               # random-weight MNIST CVAE MLP (speed only)
 """
 
@@ -90,6 +93,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--min-time", type=float, default=0.5)
     parser.add_argument("--samples", type=int, default=10_000, help="for the pixel statistics")
+    parser.add_argument("--quality", action="store_true", help="judge scores (needs --run)")
     args = parser.parse_args()
     threads = [int(t) for t in args.threads.split(",")]
     with tempfile.TemporaryDirectory() as tmp:
@@ -126,6 +130,23 @@ def main() -> None:
                   f"{np.count_nonzero(diff) / diff.size:>8.2%}")  # fmt: skip
         print(f"(medians of {args.rounds} interleaved rounds; |d| in levels of 255 over "
               f"{args.samples:,} prior samples; load {os.getloadavg()[0]:.1f})")  # fmt: skip
+        if args.quality and args.run is not None:
+            quality(args.run, files, meta, args.samples)
+
+
+def quality(run: Path, files: dict[str, Path], meta: dict[str, str], samples: int) -> None:
+    """Label fidelity and FID of each int8 scheme against fp32, as `vaegen export --int8`."""
+    from exporter.int8_check import QualityCheck, check_quality
+    from exporter.int8_judge import judge_for_run
+    from trainer.checkpoint import read_model_info
+
+    judge = judge_for_run(read_model_info(run), None)
+    print(f"quality ({judge.description}; {samples:,} samples, classes balanced):")
+    for name, path in list(files.items())[1:]:
+        report = check_quality(files["fp32"], path, meta, judge, QualityCheck(num_samples=samples))
+        print(f"  {name:<22} fidelity {report.fidelity_int8} vs fp32 {report.fidelity_fp32}, "
+              f"FID {report.fid_int8:.3f} vs {report.fid_fp32:.3f} "
+              f"(ratio {report.fid_ratio:.3f}) {'ok' if report.passed else 'FAILED'}")  # fmt: skip
 
 
 if __name__ == "__main__":

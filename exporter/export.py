@@ -9,12 +9,14 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from exporter._deps import require
 from exporter.graph import OPSET, check_graph, check_signature, export_onnx
+from exporter.int8 import Int8Options, Int8Result, int8_writer
 from exporter.metadata import attach_metadata, build_metadata, read_metadata
 from exporter.optimize import save_optimized
 from exporter.parity import (
@@ -43,6 +45,7 @@ class ExportResult:
     parity: tuple[ParityReport, ...]
     size_bytes: int
     seconds: float
+    int8: Int8Result | None = None  # decoder.int8.onnx and its quality check, with --int8
 
 
 def default_output(model_dir: Path) -> Path:
@@ -96,6 +99,7 @@ def export_decoder(
     out: str | os.PathLike[str] | None = None,
     fp16: bool = False,
     optimize: bool = False,
+    int8: Int8Options | None = None,
 ) -> ExportResult:
     """Export RUN's decoder to ONNX and prove it matches torch; see DESIGN.md "decoder.onnx".
 
@@ -107,6 +111,8 @@ def export_decoder(
         raise VaegenError(
             "--optimize writes a CPU-optimized fp32 graph; it does not combine with --fp16"
         )
+    if fp16 and int8 is not None:
+        raise VaegenError("--int8 quantizes the fp32 graph; it does not combine with --fp16")
     model, info = load_model(run_dir)
     precision = "fp16" if fp16 else "fp32"
     props = _metadata(model, info, precision)
@@ -114,7 +120,8 @@ def export_decoder(
     proto = export_onnx(model, fp16=fp16)
     check_signature(proto, model.cfg)
     attach_metadata(proto, props)
-    written = _write_verified(proto, model, out_path, precision, optimize)
+    int8_step = None if int8 is None else int8_writer(out_path, props, info, int8)
+    written = _write_verified(proto, model, out_path, precision, optimize, int8_step)
     return ExportResult(
         path=out_path,
         optimized_path=written.optimized_path,
@@ -124,6 +131,7 @@ def export_decoder(
         parity=written.parity,
         size_bytes=written.size_bytes,
         seconds=time.perf_counter() - start,
+        int8=written.int8,
     )
 
 
@@ -150,10 +158,16 @@ class _Written:
     optimized_path: Path | None
     parity: tuple[ParityReport, ...]
     size_bytes: int
+    int8: Int8Result | None = None
 
 
 def _write_verified(
-    proto: Any, model: Any, out_path: Path, precision: str, optimize: bool
+    proto: Any,
+    model: Any,
+    out_path: Path,
+    precision: str,
+    optimize: bool,
+    int8_step: Callable[[Path], Int8Result] | None = None,
 ) -> _Written:
     """Save, check and only then rename the graph (and its optimized copy)."""
     onnx = require("onnx")
@@ -164,6 +178,8 @@ def _write_verified(
         onnx.save(proto, str(tmp))
         _publish_mode(tmp)
         reports.append(_verify(tmp, model, precision, tolerance))
+        # int8 first: its quality check is the step most likely to fail.
+        int8_result = int8_step(tmp) if int8_step is not None else None
         if optimize:
             opt_final = optimized_path_for(out_path)
             with atomic_path(opt_final) as opt_tmp:
@@ -173,4 +189,4 @@ def _write_verified(
                     raise InternalFailure("onnxruntime dropped the metadata of the optimized file")
                 reports.append(_verify(opt_tmp, model, f"{precision}-opt", tolerance))
         size = tmp.stat().st_size
-    return _Written(opt_final, tuple(reports), size)
+    return _Written(opt_final, tuple(reports), size, int8_result)

@@ -70,15 +70,7 @@ def export_int8(
     final = int8_path_for(out)
     with atomic_path(final) as tmp:
         meta = save_int8(fp32_file, tmp, props, options.scheme)
-        report = check_quality(
-            fp32_file,
-            tmp,
-            props,
-            judge.scorer,
-            judge.real_features,
-            options.check,
-            judge.description,
-        )
+        report = check_quality(fp32_file, tmp, props, judge, options.check)
         if not report.passed:
             raise InternalFailure(f"{report.summary()}; nothing was written")
     return Int8Result(final, meta, report)

@@ -25,6 +25,15 @@ _DECODE_BATCH = 1024
 
 
 @dataclass(frozen=True)
+class JudgeData:
+    """The judge as the check uses it (built by exporter.int8_judge)."""
+
+    scorer: Scorer
+    real_features: np.ndarray  # the judge's features of the real test split
+    description: str
+
+
+@dataclass(frozen=True)
 class QualityCheck:
     max_fidelity_drop: float = 0.005
     max_fid_ratio: float = 1.1
@@ -125,28 +134,26 @@ def check_quality(
     fp32_path: str | os.PathLike[str],
     int8_path: str | os.PathLike[str],
     meta: dict[str, str],
-    scorer: Scorer,
-    real_features: np.ndarray,
+    judge: JudgeData,
     check: QualityCheck,
-    judge: str = "judge",
 ) -> QualityReport:
     """Decode the same inputs with both files and compare them through the judge."""
     num_classes = int(meta["num_classes"])
     feeds = _inputs(int(meta["latent_dim"]), num_classes, check)
     ref, got = decode(fp32_path, feeds), decode(int8_path, feeds)
     diff = np.abs(got.astype(np.int16) - ref.astype(np.int16))
-    (p_ref, f_ref), (p_got, f_got) = scorer(ref), scorer(got)
+    (p_ref, f_ref), (p_got, f_got) = judge.scorer(ref), judge.scorer(got)
     labels = feeds.get(INPUT_Y)
     fidelity = [None, None] if labels is None else [
         float((p.argmax(1) == labels).mean()) for p in (p_ref, p_got)
     ]  # fmt: skip
     return QualityReport(
         num_samples=check.num_samples,
-        judge=judge,
+        judge=judge.description,
         fidelity_fp32=fidelity[0],
         fidelity_int8=fidelity[1],
-        fid_fp32=fid(f_ref, real_features),
-        fid_int8=fid(f_got, real_features),
+        fid_fp32=fid(f_ref, judge.real_features),
+        fid_int8=fid(f_got, judge.real_features),
         mean_pixel_diff=float(diff.mean()),
         max_pixel_diff=int(diff.max()),
         check=check,

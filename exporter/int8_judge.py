@@ -5,25 +5,17 @@ split is loaded too: its judge features are FID's reference set, as in `vaegen e
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from exporter._deps import require
-from exporter.int8_check import Scorer
+from exporter.int8_check import JudgeData, Scorer
 from vaegen.errors import VaegenError
 
 JUDGE_ONNX = "judge.onnx"
 _BATCH = 1024
-
-
-@dataclass(frozen=True)
-class JudgeData:
-    scorer: Scorer
-    real_features: np.ndarray  # the judge's features of the real test split
-    description: str
 
 
 def _real_test(info: Any) -> tuple[Any, str, str | None, int | None]:
