@@ -29,7 +29,9 @@ def export(
         False, "--int8", help="Also save an int8 copy, *.int8.onnx, checked for quality (judge)."
     ),
     judge: Path | None = typer.Option(
-        None, "--judge", help="--int8: JUDGE dir whose judge.onnx scores it (default: cached)."
+        None,
+        "--judge",
+        help="--int8: a JUDGE folder (`vaegen judge`) to score it (default: cached).",
     ),
     int8_max_fidelity_drop: float = typer.Option(
         0.005, "--int8-max-fidelity-drop", help="--int8: largest label-fidelity drop allowed."

@@ -25,7 +25,7 @@ from vaegen.errors import InternalFailure, VaegenError
 class Int8Options:
     scheme: QuantScheme = DEFAULT_SCHEME
     check: QualityCheck = field(default_factory=QualityCheck)
-    judge: str | None = None  # a JUDGE dir (its judge.onnx); None: eval's cached judge
+    judge: str | None = None  # a JUDGE folder from `vaegen judge`; None: eval's cached judge
 
 
 @dataclass(frozen=True)

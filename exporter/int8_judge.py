@@ -1,20 +1,18 @@
-"""The judge for the int8 check: `--judge JUDGE` (its judge.onnx), else eval's cached judge for
-RUN's dataset, trained on its real training split on a cache miss. Either way the real test
-split is loaded too: its judge features are FID's reference set, as in `vaegen eval`."""
+"""The judge for the int8 check: `--judge JUDGE` (a folder from `vaegen judge`), else eval's cached
+judge for RUN's dataset, trained on its real training split on a cache miss; both through
+eval.judge.get_judge, as `vaegen eval` scores. The real test split is loaded too: its judge
+features are FID's reference set, as in `vaegen eval`."""
 
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from exporter._deps import require
 from exporter.int8_check import JudgeData, Scorer
 from vaegen.errors import VaegenError
 
-JUDGE_ONNX = "judge.onnx"
 _BATCH = 1024
 
 
@@ -33,23 +31,6 @@ def _real_test(info: Any) -> tuple[Any, str, str | None, int | None]:
     if tuple(test.image_shape) != tuple(info.config.image_shape):
         raise VaegenError(f"dataset {spec} images do not match the model's; cannot judge int8")
     return test, str(spec), data_dir, size
-
-
-def onnx_scorer(path: str | os.PathLike[str]) -> Scorer:
-    """judge.onnx (input `image` uint8, outputs `probs`, `features`) on onnxruntime's CPU."""
-    ort = require("onnxruntime")
-    if not Path(path).is_file():
-        raise VaegenError(f"--judge: {path} not found (a JUDGE dir from `vaegen judge`)")
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-
-    def score(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        outs = [session.run(["probs", "features"], {"image": images[i : i + _BATCH]})
-                for i in range(0, len(images), _BATCH)]  # fmt: skip
-        return np.concatenate([o[0] for o in outs]), np.concatenate([o[1] for o in outs])
-
-    return score
 
 
 def torch_scorer(net: Any) -> Scorer:
@@ -71,28 +52,28 @@ def torch_scorer(net: Any) -> Scorer:
 
 def judge_for_run(info: Any, judge_dir: str | os.PathLike[str] | None) -> JudgeData:
     """The scorer and the real test features for RUN (trainer.checkpoint ModelInfo)."""
+    import torch
+
+    from eval.judge import JudgeSpec, get_judge
+    from trainer.datasets import dataset_fingerprint, load_dataset
+
     test, spec, data_dir, size = _real_test(info)
-    if judge_dir is not None:
-        scorer, what = onnx_scorer(Path(judge_dir) / JUDGE_ONNX), f"judge {judge_dir}"
-    else:
-        import torch
 
-        from eval.judge import JudgeSpec, get_judge
-        from trainer.datasets import dataset_fingerprint, load_dataset
+    def load_train() -> tuple[np.ndarray, np.ndarray]:
+        train = load_dataset(spec, "train", data_dir=data_dir, image_size=size)
+        return train.images, train.labels
 
-        def load_train() -> tuple[np.ndarray, np.ndarray]:
-            train = load_dataset(spec, "train", data_dir=data_dir, image_size=size)
-            return train.images, train.labels
-
-        judge = get_judge(
-            JudgeSpec(image_shape=tuple(test.image_shape), num_classes=test.num_classes),
-            dataset_fingerprint(spec, data_dir=data_dir, image_size=size),
-            load_train,
-            test.images,
-            test.labels,
-            list(test.class_names),
-            torch.device("cpu"),
-        )
-        scorer = torch_scorer(judge.net.cpu().eval())
-        what = f"{spec} judge, test accuracy {judge.test_accuracy:.4f}"
+    judge = get_judge(
+        JudgeSpec(image_shape=tuple(test.image_shape), num_classes=test.num_classes),
+        dataset_fingerprint(spec, data_dir=data_dir, image_size=size),
+        load_train,
+        test.images,
+        test.labels,
+        list(test.class_names),
+        torch.device("cpu"),
+        artifact=judge_dir,
+    )
+    scorer = torch_scorer(judge.net.cpu().eval())
+    source = f"judge {judge_dir}" if judge_dir is not None else f"{spec} judge"
+    what = f"{source}, test accuracy {judge.test_accuracy:.4f}"
     return JudgeData(scorer, scorer(test.images)[1], what)
