@@ -17,6 +17,7 @@ MODELS = ("vae", "cvae")
 ARCHS = ("mlp", "conv")
 LIKELIHOODS = ("bernoulli", "gaussian")
 GAUSSIAN_VARIANCES = ("fixed", "learned")
+PRIORS = ("standard", "class")
 OBJECTIVES = ("elbo", "iwae", "iwae-dreg")  # trainer/objectives.py
 
 
@@ -43,12 +44,17 @@ class ModelConfig:
     likelihood: str = flag("bernoulli", "bernoulli (BCE) or gaussian (MSE).")
     gaussian_variance: str = flag("learned", "fixed or learned (gaussian only).")
     gaussian_std: float = flag(0.1, "Fixed (or initial) decoder std.")
+    prior: str = flag("standard", "standard N(0, I), or class: a learned p(z|y) (cvae only).")
+    label_head: bool = flag(False, "Train a classifier to keep prior samples on label (cvae).")
 
     def __post_init__(self) -> None:
         _check_choice("model", self.model, MODELS)
         _check_choice("arch", self.arch, ARCHS)
         _check_choice("likelihood", self.likelihood, LIKELIHOODS)
         _check_choice("gaussian-variance", self.gaussian_variance, GAUSSIAN_VARIANCES)
+        _check_choice("prior", self.prior, PRIORS)
+        if not self.conditional and (self.prior != "standard" or self.label_head):
+            raise VaegenError("--prior class and --label-head need --model cvae")
         if self.latent_dim < 1:
             raise VaegenError(f"--latent-dim must be >= 1; got {self.latent_dim}")
         if len(self.image_shape) != 3 or min(self.image_shape) < 1:
@@ -94,6 +100,7 @@ class LossConfig:
     beta: float = flag(1.0, "KL weight.")
     kl_warmup_epochs: int = flag(0, "Linear KL warm-up from 0 to beta.")
     free_bits: float = flag(0.0, "Free bits, nats per latent dimension.")
+    label_weight: float = flag(1.0, "Weight of the label head's loss (with --label-head).")
     objective: str = flag("elbo", "elbo, iwae or iwae-dreg (importance-weighted bounds).")
     iw_samples: int = flag(1, "Importance samples K per image (iwae, iwae-dreg).")
     corrupt: str | None = flag(None, "Denoise: corrupt the encoder input, mask:P or gaussian:S.")
@@ -113,6 +120,8 @@ class LossConfig:
             raise VaegenError(f"--kl-warmup-epochs must be >= 0; got {self.kl_warmup_epochs}")
         if self.free_bits < 0:
             raise VaegenError(f"--free-bits must be >= 0; got {self.free_bits}")
+        if self.label_weight < 0:
+            raise VaegenError(f"--label-weight must be >= 0; got {self.label_weight}")
 
     def kl_weight(self, epoch_progress: float) -> float:
         """Linear warm-up from 0 to beta over `kl_warmup_epochs` (epoch_progress in epochs)."""

@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 from trainer.collapse import latent_metrics
 from trainer.config import ModelConfig, TrainConfig
 from trainer.corruption import parse_corruption
-from trainer.models import VAE, build_model
+from trainer.models import VAE, build_model, label_loss
 from trainer.objectives import objective_loss
 from trainer.timeline import TIMELINE_KEY, process_start
 from vaegen.raycluster import node_cpus
@@ -71,6 +71,7 @@ def _run_epoch(
                 x_in = corruption.apply(x) if corruption is not None else x
                 out = model(x_in, y, target=x, samples=train_cfg.loss.iw_samples)
                 loss = objective_loss(out, train_cfg.loss, epoch + step / steps)
+                loss = loss + label_loss(out, train_cfg.loss)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
