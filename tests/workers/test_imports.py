@@ -7,8 +7,9 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
-MODULES = ["cli", "decoder_meta", "envfail", "job", "judge", "judge_filter", "layout", "manifest",
-           "options", "outdir", "pool", "sampler", "spec", "verify", "verify_cli", "writers"]  # fmt: skip
+MODULES = ["cli", "decoder_meta", "envfail", "job", "judge", "judge_filter", "layout",
+           "manifest", "options", "outdir", "pool", "sampler", "spec", "verify", "verify_cli",
+           "writers"]  # fmt: skip
 
 
 def test_workers_never_import_torch_or_trainer() -> None:
