@@ -29,9 +29,11 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+import numpy as np
 import torch
 
 from eval.samples import sample_from_decoder
+from trainer import label_head
 from trainer.config import LossConfig, ModelConfig
 from trainer.datasets import dataset_fingerprint, load_dataset
 from trainer.inputs import binarize_fixed, scale
@@ -47,7 +49,7 @@ BASES: dict[str, tuple[dict[str, Any], dict[str, Any], dict[str, Any]]] = {
     ),
     "digits": ({"model": "cvae"}, {}, {"lr": 1e-3, "batch_size": 128, "binarize": False}),
 }
-TRAIN_KEYS = {"lr": float, "batch_size": int, "epochs": int, "grey_head": int}
+TRAIN_KEYS = {"lr": float, "batch_size": int, "epochs": int, "grey_head": int, "head_shift": int}
 
 # name -> overrides of (model, loss, train); one lever each.
 LEVERS: dict[str, tuple[dict[str, Any], dict[str, Any], dict[str, Any]]] = {
@@ -114,6 +116,7 @@ def train_model(
     `probe(model)` (label fidelity) runs after every epoch with `train["probe_every"]` > 0."""
     torch.manual_seed(0)
     gen = torch.Generator().manual_seed(1)
+    label_head.SHIFT_PIXELS = train.get("head_shift", label_head.SHIFT_PIXELS)
     model = build_model(model_cfg)
     opt = torch.optim.Adam(model.parameters(), lr=train["lr"])
     x_all = torch.from_numpy(data["train_x"])
@@ -190,6 +193,14 @@ def score(model: torch.nn.Module, judge: Any, data: Any, cas_steps: int) -> dict
         preds = jm.predict(net, data["test_images"], device)
         cas, _ = jm.accuracy(preds, data["test_y"], names)
     row = {"label_fidelity": fid, "cas": cas, "head_fidelity": float("nan")}
+    if data.get("judge_onnx") is not None:  # a second referee: a JUDGE/judge.onnx
+        probs = [
+            data["judge_onnx"].predict(samples.images[i : i + 1000])[0]
+            for i in range(0, 10_000, 1000)
+        ]
+        row["onnx_judge_fidelity"] = float(
+            (np.concatenate(probs).argmax(1) == samples.labels).mean()
+        )
     if model.label_head is not None:  # does the decoder fool its own classifier?
         with torch.no_grad():
             logits = model.label_head(torch.from_numpy(samples.images).float() / 255.0)
@@ -244,7 +255,33 @@ def run_setting(name: str, args: argparse.Namespace, data: Any, judge: Any) -> d
         **log[-1],
         "train_seconds": time.perf_counter() - start,
     }
-    return row | score(model, judge, data, args.cas_steps)
+    row |= score(model, judge, data, args.cas_steps)
+    if args.save_dir:  # RUN/model, so `vaegen eval` and --score-runs can score it again
+        save_run(Path(args.save_dir) / name.replace("+", "_"), model, args, t, lo, row)
+    return row
+
+
+def save_run(
+    run: Path,
+    model: torch.nn.Module,
+    args: argparse.Namespace,
+    train: dict[str, Any],
+    loss: dict[str, Any],
+    row: dict[str, Any],
+) -> None:
+    from trainer.checkpoint import save_model
+
+    data_dir = args.data_dir if args.dataset == "mnist" else None
+    keys = ("lr", "batch_size", "binarize")
+    train_cfg = {"dataset": args.dataset, "data_dir": data_dir, "epochs": row["epochs"]}
+    train_cfg |= {k: train[k] for k in keys} | {"loss": loss}
+    names = [str(i) for i in range(10)]
+    dataset = {
+        "name": args.dataset,
+        "image_shape": list(model.cfg.image_shape),
+        "class_names": names,
+    }
+    save_model(run / "model", model, dataset=dataset, train=train_cfg, metrics=row)
 
 
 def score_run(path: str, args: argparse.Namespace, data: Any, judge: Any) -> dict[str, Any]:
@@ -266,8 +303,10 @@ def main() -> None:
     parser.add_argument("--data-dir", default=str(SHARED_MNIST))
     parser.add_argument("--threads", type=int, default=1, help="1 is fastest on a busy machine")
     parser.add_argument("--judge-module", help="a frozen copy of eval/judge.py to judge with")
+    parser.add_argument("--onnx-judge", help="also report label fidelity by this judge.onnx")
     parser.add_argument("--probe-every", type=int, default=0, help="label fidelity every N epochs")
     parser.add_argument("--score-runs", action="store_true", help="settings are RUN folders")
+    parser.add_argument("--save-dir", help="save each trained model as SAVE_DIR/SETTING/model")
     parser.add_argument("--cache-dir", default="runs/levers/judges")
     parser.add_argument("--log", default="runs/levers/levers.jsonl")
     parser.add_argument("--list", action="store_true")
@@ -279,10 +318,14 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     data = load(args.dataset, args.data_dir if args.dataset == "mnist" else None)
     judge = load_judge(args, data)
+    if args.onnx_judge:
+        from vaegen.judge_onnx import JudgeSession
+
+        data["judge_onnx"] = JudgeSession(args.onnx_judge, threads=args.threads)
     print(f"judge {judge.spec.spec_hash()[:12]} test accuracy {judge.test_accuracy:.4f}")
     print(
         f"{'setting':36}{'epochs':>7}{'fidelity':>10}{'CAS':>8}{'test ELBO':>11}{'KL':>7}"
-        f"{'active':>7}{'train s':>9}{'head fid.':>10}"
+        f"{'active':>7}{'train s':>9}{'head fid.':>10}{'onnx fid.':>10}"
     )
     Path(args.log).parent.mkdir(parents=True, exist_ok=True)
     for name in args.settings:
@@ -293,7 +336,7 @@ def main() -> None:
             f"{name:36}{row['epochs']:>7}{row['label_fidelity']:>10.4f}{row['cas']:>8.4f}"
             f"{row['test_elbo']:>11.2f}{row['test_kl']:>7.2f}{row['active_units']:>7}"
             f"{row['train_seconds']:>9.0f}"
-            f"{row['head_fidelity']:>10.4f}",
+            f"{row['head_fidelity']:>10.4f}{row.get('onnx_judge_fidelity', float('nan')):>10.4f}",
             flush=True,
         )
         with open(args.log, "a") as fh:

@@ -45,6 +45,7 @@ class JudgeSpec:
     lr: float = 3e-3  # the one-cycle schedule's peak
     label_smoothing: float = 0.1
     max_shift: int = 2  # training images move by up to this many pixels (at most H/8, W/8)
+    fc: int = 0  # features: 0 = global average pool of the last stage, else a layer this wide
     seed: int = 0
     version: int = 2  # bump when JudgeNet or train_classifier change meaning
 
@@ -57,8 +58,12 @@ class JudgeSpec:
             raise VaegenError("judge steps, epochs, batch size and lr must be positive")
         if not self.channels or min(self.channels) < 1:
             raise VaegenError("judge channels must be positive")
-        if not 0 <= self.label_smoothing < 1 or self.max_shift < 0:
-            raise VaegenError("judge label smoothing must lie in [0, 1) and max_shift be >= 0")
+        if not 0 <= self.label_smoothing < 1 or min(self.max_shift, self.fc) < 0:
+            raise VaegenError("judge label smoothing must lie in [0, 1), max_shift and fc >= 0")
+
+    @property
+    def feature_dim(self) -> int:
+        return self.fc or self.channels[-1]
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -76,10 +81,12 @@ class JudgeSpec:
 
 
 class JudgeNet(nn.Module):
-    """[conv3x3-BN-ReLU (-maxpool)] per stage, global average pool (the feature layer), linear.
+    """[conv3x3-BN-ReLU (-maxpool)] per stage, then the feature layer, then a linear head.
 
-    Like InceptionV3's pool3 -> fc, the features are globally pooled conv maps: in eval mode
-    every image is scored on its own (BN uses running statistics), whatever the batch.
+    The feature layer is the global average pool of the last stage (like InceptionV3's pool3)
+    or, with `spec.fc`, a linear-BN-ReLU layer over the whole last map, which keeps where
+    things are (a shirt's sleeves). In eval mode every image is scored on its own (BN uses
+    running statistics), whatever the batch.
     """
 
     def __init__(self, spec: JudgeSpec) -> None:
@@ -93,12 +100,16 @@ class JudgeNet(nn.Module):
                 layers.append(nn.MaxPool2d(2))
                 h, w = h // 2, w // 2
             channels = out_ch
-        layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten()]
+        if spec.fc:
+            fc = nn.Linear(channels * h * w, spec.fc)
+            layers += [nn.Flatten(), fc, nn.BatchNorm1d(spec.fc), nn.ReLU()]
+        else:
+            layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten()]
         self.conv = nn.Sequential(*layers)
-        self.head = nn.Linear(channels, spec.num_classes)
+        self.head = nn.Linear(spec.feature_dim, spec.num_classes)
 
     def forward_features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """x float in [0, 1], [B, C, H, W] -> (pooled features [B, channels[-1]], logits)."""
+        """x float in [0, 1], [B, C, H, W] -> (features [B, spec.feature_dim], logits)."""
         feats = self.conv(x)
         return feats, self.head(feats)
 

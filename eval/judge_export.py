@@ -63,7 +63,7 @@ def judge_props(
         "image_shape": json.dumps(list(spec.image_shape)),
         "test_accuracy": repr(float(test_accuracy)),
         "dataset": dataset,
-        "feature_dim": str(spec.channels[-1]),
+        "feature_dim": str(spec.feature_dim),
         "spec_hash": spec.spec_hash(),
     }
     props.update(extra)

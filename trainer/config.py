@@ -102,7 +102,7 @@ class LossConfig:
     free_bits: float = flag(0.0, "Free bits, nats per latent dimension.")
     label_weight: float = flag(1.0, "Weight of the label head's loss (with --label-head).")
     objective: str = flag("elbo", "elbo, iwae or iwae-dreg (importance-weighted bounds).")
-    iw_samples: int = flag(1, "Importance samples K per image (iwae, iwae-dreg).")
+    iw_samples: int = flag(1, "Draws of z per image: IWAE's K, or the ELBO averaged over K.")
     corrupt: str | None = flag(None, "Denoise: corrupt the encoder input, mask:P or gaussian:S.")
 
     def __post_init__(self) -> None:
@@ -111,8 +111,6 @@ class LossConfig:
         _check_choice("objective", self.objective, OBJECTIVES)
         if self.iw_samples < 1:
             raise VaegenError(f"--iw-samples must be >= 1; got {self.iw_samples}")
-        if self.objective == "elbo" and self.iw_samples != 1:
-            raise VaegenError("--iw-samples goes with --objective iwae or iwae-dreg")
         parse_corruption(self.corrupt)
         if self.beta < 0:
             raise VaegenError(f"--beta must be >= 0; got {self.beta}")
@@ -138,6 +136,9 @@ class TrainConfig:
     data_dir: str | None = flag(None, "Folder holding the dataset's IDX files.")
     image_size: int | None = flag(None, "Resize images to SIZE x SIZE.")
     binarize: bool = flag(False, "Dynamic binarization (bernoulli only).")
+    init_output_bias: bool = flag(
+        False, "Start the decoder's output at the mean training image (its logit)."
+    )
     epochs: int = flag(10, "Training epochs.")
     batch_size: int = flag(128, "Global batch size (split across workers).")
     lr: float = flag(1e-3, "Adam learning rate.")

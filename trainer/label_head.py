@@ -16,6 +16,22 @@ from torch.func import functional_call
 from trainer.config import ModelConfig
 
 CHANNELS = (16, 32)
+# Real images shift by up to this many pixels each way: a head that has seen shifted digits is
+# harder for the decoder to satisfy with off-manifold strokes.
+SHIFT_PIXELS = 0
+
+
+def random_shift(x: torch.Tensor, pixels: int) -> torch.Tensor:
+    """Translate each image by its own integer (dx, dy) in [-pixels, pixels], zero fill."""
+    if pixels <= 0:
+        return x
+    b, _, h, w = x.shape
+    shifts = torch.randint(-pixels, pixels + 1, (b, 2), device=x.device).to(x.dtype)
+    theta = torch.zeros(b, 2, 3, device=x.device, dtype=x.dtype)
+    theta[:, 0, 0] = theta[:, 1, 1] = 1.0
+    theta[:, 0, 2], theta[:, 1, 2] = 2 * shifts[:, 0] / w, 2 * shifts[:, 1] / h
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, mode="nearest", padding_mode="zeros", align_corners=False)
 
 
 class LabelClassifier(nn.Module):
@@ -37,7 +53,7 @@ class LabelClassifier(nn.Module):
     def loss(self, real: torch.Tensor, fake: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Per-sample CE on real images (trains this net) + CE on decoded ones (trains the
         decoder only: the weights are detached for that call), [B]."""
-        ce_real = F.cross_entropy(self(real), y, reduction="none")
+        ce_real = F.cross_entropy(self(random_shift(real, SHIFT_PIXELS)), y, reduction="none")
         frozen = {name: p.detach() for name, p in self.named_parameters()}
         ce_fake = F.cross_entropy(functional_call(self, frozen, (fake,)), y, reduction="none")
         return ce_real + ce_fake

@@ -172,6 +172,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     events["worker data ready"] = time.time()
 
     model = build_model(model_cfg)
+    if train_cfg.init_output_bias:  # a resumed run's checkpoint overwrites it below
+        model.init_output_bias(torch.from_numpy(data[0].mean(0, dtype=np.float64) / 255.0))
     optimizer = torch.optim.Adam(model.parameters(), lr=train_cfg.lr)
     start_epoch = 0
     checkpoint = ray.train.get_checkpoint()

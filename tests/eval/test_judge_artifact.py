@@ -79,7 +79,7 @@ def test_onnx_matches_torch_and_carries_its_metadata(artifact: Path, digits: Any
             ref_feats, logits = judge.net.forward_features(torch.from_numpy(x).float() / 255.0)
         np.testing.assert_allclose(probs, torch.softmax(logits, 1).numpy(), atol=1e-5)
         np.testing.assert_allclose(feats, ref_feats.numpy(), rtol=1e-4, atol=1e-4)
-        assert feats.shape == (size, judge.spec.channels[-1])
+        assert feats.shape == (size, judge.spec.feature_dim)
     full_probs, _ = session.predict(test.images)
     agree = (full_probs.argmax(1) == predict(judge.net, test.images, torch.device("cpu"))).mean()
     assert agree >= 0.999

@@ -98,6 +98,24 @@ def test_iwae_with_one_sample_is_the_elbo_loss_in_expectation(tiny: VAE, cfg: Lo
     assert abs(float(d.mean())) < 4 * se, (float(d.mean()), se)
 
 
+def test_the_elbo_over_k_draws_is_the_same_loss_with_less_noise(tiny: VAE) -> None:
+    """--iw-samples K with the ELBO averages K draws: the same expectation, ~1/K the variance
+    (what lifts the 10-epoch Pythae recipe 0.7 nats at K = 4, configs/mnist-pythae.toml)."""
+    x = _digits(32)[0]
+    losses: dict[int, list[float]] = {1: [], 8: []}
+    with torch.no_grad():
+        for k, values in losses.items():
+            for seed in range(200):
+                torch.manual_seed(seed)
+                values.append(
+                    float(objective_loss(tiny(x, samples=k), LossConfig(iw_samples=k), 1.0))
+                )
+    one, eight = (torch.tensor(losses[k], dtype=torch.float64) for k in (1, 8))
+    se = math.sqrt(float(one.var() + eight.var()) / 200)
+    assert abs(float(one.mean() - eight.mean())) < 4 * se, (float(one.mean()), float(eight.mean()))
+    assert float(eight.var()) < float(one.var()) / 4, (float(one.var()), float(eight.var()))
+
+
 def _encoder_grads(model: VAE, loss: Callable[[VAEOutput], torch.Tensor], k: int) -> torch.Tensor:
     """One encoder gradient per seed, [seeds, params]; seed n gives every estimator the same z.
 
@@ -176,7 +194,6 @@ def test_dreg_leaves_the_decoder_gradient_as_iwae(tiny: VAE) -> None:
     [
         ({"objective": "vimco"}, "--objective must be one of elbo, iwae, iwae-dreg"),
         ({"objective": "iwae", "iw_samples": 0}, "--iw-samples must be >= 1"),
-        ({"iw_samples": 5}, "--iw-samples goes with --objective iwae or iwae-dreg"),
         ({"corrupt": "mask:1.5"}, "--corrupt takes"),
     ],
 )

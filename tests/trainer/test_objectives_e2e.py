@@ -2,7 +2,8 @@
 `train` under Ray Train with 2 workers, `export` to ONNX, `generate` on Ray actors.
 
 Two runs cover the four flags: the objectives exclude each other and so do the corruptions, so
-each run pairs one objective with one corruption (the loop applies both in the same step).
+each run pairs one objective with one corruption (the loop applies both in the same step). The
+second also starts the decoder at the mean image (--init-output-bias).
 """
 
 from __future__ import annotations
@@ -21,8 +22,8 @@ from vaegen.dataset_reader import read_shard
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("local_ray")]
 
 RUNS = {
-    "iwae+gaussian": ("iwae", 5, "gaussian:0.3"),
-    "iwae-dreg+mask": ("iwae-dreg", 5, "mask:0.3"),
+    "iwae+gaussian": ("iwae", 5, "gaussian:0.3", []),
+    "iwae-dreg+mask": ("iwae-dreg", 5, "mask:0.3", ["--init-output-bias"]),
 }
 CLASSES = (0, 7)
 PER_CLASS = 100
@@ -41,18 +42,23 @@ def _class_means(images: np.ndarray, labels: np.ndarray) -> np.ndarray:
     return np.stack([images[labels == c].reshape((labels == c).sum(), -1).mean(0) for c in CLASSES])
 
 
-@pytest.mark.parametrize(("objective", "iw_samples", "corrupt"), RUNS.values(), ids=RUNS.keys())
+@pytest.mark.parametrize(
+    ("objective", "iw_samples", "corrupt", "more"), RUNS.values(), ids=RUNS.keys()
+)
 def test_the_flag_trains_on_ray_exports_and_generates(
-    objective: str, iw_samples: int, corrupt: str, tmp_path: Path
+    objective: str, iw_samples: int, corrupt: str, more: list[str], tmp_path: Path
 ) -> None:
     run, dataset = tmp_path / "run", tmp_path / "ds"
     _ok("train", "--dataset", "digits", "--model", "cvae", "--hidden-dims", "128,64",
         "--epochs", "8", "--batch-size", "32", "--workers", "2", "--objective", objective,
-        "--iw-samples", str(iw_samples), "--corrupt", corrupt, "--out", str(run))  # fmt: skip
+        "--iw-samples", str(iw_samples), "--corrupt", corrupt, *more,
+        "--out", str(run))  # fmt: skip
     log = _log(run)
     assert [e["world_size"] for e in log] == [2] * 8
     assert log[-1]["test_elbo"] > log[0]["test_elbo"] + 2.0  # nats per image: it learned
-    loss = json.loads((run / "model" / "config.json").read_text())["train"]["loss"]
+    train = json.loads((run / "model" / "config.json").read_text())["train"]
+    assert train["init_output_bias"] == ("--init-output-bias" in more)
+    loss = train["loss"]
     assert (loss["objective"], loss["iw_samples"], loss["corrupt"]) == (
         objective,
         iw_samples,
