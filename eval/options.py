@@ -38,7 +38,8 @@ class EvalOptions:
     cache_dir: str | None = flag(
         None, "Judge cache (default $VAEGEN_CACHE/judges or ~/.cache/...)."
     )
-    judge_steps: int = flag(2000, "Training steps of a judge not in the cache.", cli=False)
+    # None: the judge's own default (eval.judge.JudgeSpec.steps), the judge `vaegen judge` writes
+    judge_steps: int | None = flag(None, "Training steps of a judge not in the cache.", cli=False)
     kid_subsets: int = flag(100, "KID subsets.", cli=False)
     figures: bool = flag(True, "Draw REPORT/figures/.", cli=False)
 
@@ -51,7 +52,7 @@ class EvalOptions:
             raise VaegenError(f"--batch-size must be >= 1; got {self.batch_size}")
         if self.seed < 0:
             raise VaegenError(f"--seed must be >= 0; got {self.seed}")
-        if self.judge_steps < 1 or self.kid_subsets < 1:
+        if (self.judge_steps is not None and self.judge_steps < 1) or self.kid_subsets < 1:
             raise VaegenError("judge steps and KID subsets must be >= 1")
         if self.inception_weights is not None and not Path(self.inception_weights).is_file():
             raise VaegenError(f"--inception-weights {self.inception_weights} is not a file")

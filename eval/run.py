@@ -236,10 +236,11 @@ def _judge_step(ctx: _Context) -> Judge | None:
         return None
     with ctx.timed("judge"):
         fingerprint = real.fingerprint()
+        steps = {} if opts.judge_steps is None else {"steps": opts.judge_steps}
         jspec = JudgeSpec(
             image_shape=tuple(ctx.run.info.config.image_shape),
             num_classes=real.test.num_classes,
-            steps=opts.judge_steps,
+            **steps,
         )
         judge = get_judge(
             jspec,
