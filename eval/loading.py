@@ -115,7 +115,9 @@ def load_run(run_dir: str | os.PathLike[str], opts: EvalOptions, device: torch.d
     test = load_dataset(spec, "test", data_dir=data_dir, image_size=image_size)
     _check_dataset(test, cfg, spec)
     # Older or hand-written configs may pair binarize with a gaussian likelihood: not binarized.
-    binarized = bool(info.train.get("binarize")) and cfg.likelihood == "bernoulli"
+    binarized = cfg.likelihood == "bernoulli" and (
+        bool(info.train.get("binarize")) or opts.binarized_test
+    )
     targets = evaluation_inputs(test.images, binarized)
     real = RealData(spec, data_dir, image_size, test, binarized, targets)
     return LoadedRun(model.to(device).eval(), info, real)

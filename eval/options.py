@@ -34,6 +34,11 @@ class EvalOptions:
     )
     seed: int = flag(0, "Seed for sampling z, the ELBO and IWAE.")
     batch_size: int = flag(256, "Images per batch.")
+    binarized_test: bool = flag(
+        False,
+        "Score likelihoods on the test split binarized once (the published tables' setting), "
+        "also for a Bernoulli model trained on grey values.",
+    )
     device: str = flag("auto", "auto, cpu or cuda[:N].")
     cache_dir: str | None = flag(
         None, "Judge cache (default $VAEGEN_CACHE/judges or ~/.cache/...)."
