@@ -298,6 +298,40 @@ def load_judge_file(path: str | os.PathLike[str]) -> tuple[JudgeNet, JudgeSpec, 
     return net.eval(), spec, meta
 
 
+def _load_cached(
+    path: Path, spec: JudgeSpec, fingerprint: str, device: torch.device
+) -> Judge | None:
+    """The cache entry at `path` when it holds this spec's judge of this dataset; a corrupt
+    entry counts as a miss (the caller retrains and overwrites it)."""
+    if not (path.is_file() and path.with_suffix(".json").is_file()):
+        return None
+    try:
+        net, cached_spec, meta = load_judge_file(path)
+        if cached_spec != spec or meta.get("dataset_fingerprint") != fingerprint:
+            return None
+        return Judge(
+            net=net.to(device),
+            spec=spec,
+            test_accuracy=float(meta["test_accuracy"]),
+            test_accuracy_per_class=dict(meta["test_accuracy_per_class"]),
+            weights_path=path,
+            cached=True,
+            num_train=meta.get("num_train"),
+        )
+    except (VaegenError, KeyError, TypeError, ValueError):
+        return None
+
+
+def _save_cached(path: Path, net: nn.Module, spec: JudgeSpec, meta: dict[str, Any]) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_judge_file(path, net, spec, meta)
+    except OSError as exc:
+        raise VaegenError(
+            f"cannot write the judge cache {path.parent}: {exc.strerror or exc}; set {CACHE_ENV}"
+        ) from None
+
+
 def get_judge(
     spec: JudgeSpec,
     fingerprint: str,
@@ -320,47 +354,24 @@ def get_judge(
         from eval.judge_artifact import load_judge_artifact
 
         return load_judge_artifact(artifact, fingerprint, device)
-    directory = judge_cache_dir(cache_dir)
-    path = directory / f"{cache_key(fingerprint, spec)}.safetensors"
-    if path.is_file() and path.with_suffix(".json").is_file():
-        try:
-            net, cached_spec, meta = load_judge_file(path)
-            if cached_spec == spec and meta.get("dataset_fingerprint") == fingerprint:
-                return Judge(
-                    net=net.to(device),
-                    spec=spec,
-                    test_accuracy=float(meta["test_accuracy"]),
-                    test_accuracy_per_class=dict(meta["test_accuracy_per_class"]),
-                    weights_path=path,
-                    cached=True,
-                    num_train=meta.get("num_train"),
-                )
-        except (VaegenError, KeyError, TypeError, ValueError):
-            pass  # retrain below
+    path = judge_cache_dir(cache_dir) / f"{cache_key(fingerprint, spec)}.safetensors"
+    cached = _load_cached(path, spec, fingerprint, device)
+    if cached is not None:
+        return cached
     images, labels = load_train()
     start = time.perf_counter()
     net = train_classifier(spec, images, labels, device)
     seconds = time.perf_counter() - start
     acc, per_class = accuracy(predict(net, test_images, device), test_labels, class_names)
-    try:
-        directory.mkdir(parents=True, exist_ok=True)
-        save_judge_file(
-            path,
-            net,
-            spec,
-            {
-                "dataset_fingerprint": fingerprint,
-                "class_names": list(class_names),
-                "num_train": int(len(images)),
-                "train_seconds": seconds,
-                "test_accuracy": acc,
-                "test_accuracy_per_class": per_class,
-            },
-        )
-    except OSError as exc:
-        raise VaegenError(
-            f"cannot write the judge cache {directory}: {exc.strerror or exc}; set {CACHE_ENV}"
-        ) from None
+    meta = {
+        "dataset_fingerprint": fingerprint,
+        "class_names": list(class_names),
+        "num_train": int(len(images)),
+        "train_seconds": seconds,
+        "test_accuracy": acc,
+        "test_accuracy_per_class": per_class,
+    }
+    _save_cached(path, net, spec, meta)
     return Judge(
         net=net,
         spec=spec,
