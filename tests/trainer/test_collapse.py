@@ -90,7 +90,7 @@ def test_ray_runs_log_the_guard_and_a_collapsing_run_warns(tmp_path: Path) -> No
     healthy = LossConfig(objective="iwae-dreg", iw_samples=4, corrupt="mask:0.25", free_bits=0.5)
     train(
         model_cfg,
-        TrainConfig(epochs=3, workers=2, loss=healthy),
+        TrainConfig(epochs=3, batch_size=128, workers=2, loss=healthy),
         tmp_path / "a",
         show_progress=False,
     )
@@ -102,7 +102,7 @@ def test_ray_runs_log_the_guard_and_a_collapsing_run_warns(tmp_path: Path) -> No
     collapsing = LossConfig(beta=20.0)
     train(
         model_cfg,
-        TrainConfig(epochs=3, workers=2, loss=collapsing),
+        TrainConfig(epochs=3, batch_size=128, workers=2, loss=collapsing),
         tmp_path / "b",
         show_progress=False,
     )
