@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import secrets
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,12 +18,20 @@ from typing import Any
 
 TMP_SUFFIX = ".tmp"
 WRITE_CHUNK = 1 << 20
+_TOKEN_BYTES = 4  # the random part of a temp name: 8 hex digits
+_TEMP_NAME = re.compile(rf"\.(?P<name>.+)\.[0-9a-f]{{{2 * _TOKEN_BYTES}}}{re.escape(TMP_SUFFIX)}")
+
+
+def final_name(name: str) -> str | None:
+    """NAME when `name` is a temp name `.NAME.XXXXXXXX.tmp` that atomic_path makes, else None."""
+    match = _TEMP_NAME.fullmatch(name)
+    return match["name"] if match else None
 
 
 def _new_temp(final: Path) -> Path:
     """Create an empty, unique temp file beside `final` (mode 0666 minus the umask)."""
     while True:
-        tmp = final.with_name(f".{final.name}.{secrets.token_hex(4)}{TMP_SUFFIX}")
+        tmp = final.with_name(f".{final.name}.{secrets.token_hex(_TOKEN_BYTES)}{TMP_SUFFIX}")
         try:
             # Unique, not one fixed name per target: an actor Ray thinks dead but still running
             # and its replacement may write the same shard at once; each renames whole bytes.

@@ -8,9 +8,9 @@ the cause, the file, how many shards are finished, and that --resume continues.
 from __future__ import annotations
 
 import errno
-import re
 from pathlib import Path
 
+from vaegen.atomic import final_name
 from vaegen.errors import VaegenError
 
 CAUSES = {
@@ -20,8 +20,6 @@ CAUSES = {
     errno.EPERM: "operation not permitted",
     errno.EROFS: "read-only file system",
 }
-# vaegen.atomic's temp name: .NAME.XXXXXXXX.tmp beside NAME
-_TEMP = re.compile(r"\.(?P<name>.+)\.[0-9a-f]{8}\.tmp")
 
 
 class EnvironmentFailure(VaegenError):
@@ -54,8 +52,8 @@ def _final(filename: object) -> str:
     if not filename:
         return "the dataset"
     path = Path(str(filename))
-    match = _TEMP.fullmatch(path.name)
-    return str(path.with_name(match["name"])) if match else str(path)
+    final = final_name(path.name)
+    return str(path.with_name(final)) if final else str(path)
 
 
 def told(error: VaegenError, manifest: dict) -> VaegenError:
