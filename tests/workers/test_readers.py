@@ -87,7 +87,7 @@ def _chw(image) -> np.ndarray:  # noqa: ANN001 - a PIL image or an HWC/HW array
     return arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
 
 
-def _by_id(ids, labels, images, ref: Rows, hwc: bool = True) -> None:  # noqa: ANN001
+def _assert_rows_match(ids, labels, images, ref: Rows, hwc: bool = True) -> None:  # noqa: ANN001
     """Every row is the reference row of its id: label and pixels (PIL/HWC, or CHW)."""
     ids = np.asarray(ids, np.int64)
     assert sorted(ids.tolist()) == ref.ids.tolist()
@@ -108,7 +108,7 @@ def test_datasets_gives_png_parquet_as_images_and_class_labels(made, ref: Rows) 
     assert ds.features["label"].names == NAMES
     assert isinstance(ds.features["image"], datasets.Image)
     assert type(ds[0]["image"]).__module__.startswith("PIL.")
-    _by_id(ds["id"], ds["label"], ds["image"], ref)
+    _assert_rows_match(ds["id"], ds["label"], ds["image"], ref)
     assert ds["label_name"] == [NAMES[i] for i in ds["label"]]
 
 
@@ -133,18 +133,18 @@ def test_load_dataset_on_the_folder_reads_the_shards_the_card_names(made, ref, n
     manifest = open_dataset(made[name]).manifest
     assert len(ds) == manifest["num_rows"] == N
     if name == "parquet-png":
-        _by_id(ds["id"], ds["label"], ds["image"], ref)
+        _assert_rows_match(ds["id"], ds["label"], ds["image"], ref)
     elif name == "webdataset":
         assert ds.features["cls"].names == NAMES
         ids = [j["id"] for j in ds["json"]]
         assert ds["__key__"] == [f"{i:09d}" for i in ids]
-        _by_id(ids, ds["cls"], ds["png"], ref)
+        _assert_rows_match(ids, ds["cls"], ds["png"], ref)
     elif name == "imagefolder":
         # The card's config maps each class folder to its own label, not to sorted order.
         assert ds.features["label"].names == [class_dir(i, n, NAMES) for i, n in enumerate(NAMES)]
         paths = ds.cast_column("image", datasets.Image(decode=False))["image"]
         ids = [int(Path(p["path"]).stem) for p in paths]
-        _by_id(ids, ds["label"], ds["image"], ref)
+        _assert_rows_match(ids, ds["label"], ds["image"], ref)
     else:  # a plain VAE: label -1 everywhere, an int feature
         assert ds.features["cls"] == datasets.Value("int64") and set(ds["cls"]) == {-1}
 
@@ -166,7 +166,7 @@ def test_webdataset_package_reads_the_tars(made, ref: Rows) -> None:  # noqa: AN
     ids = [s[2]["id"] for s in samples]
     assert [s[2]["label"] for s in samples] == [s[1] for s in samples]
     assert [s[2]["label_name"] for s in samples] == [NAMES[s[1]] for s in samples]
-    _by_id(ids, [s[1] for s in samples], [s[0] for s in samples], ref)
+    _assert_rows_match(ids, [s[1] for s in samples], [s[0] for s in samples], ref)
     assert read_rows(open_dataset(made["webdataset"])).ids.tolist() == sorted(ids)
 
 
@@ -179,7 +179,7 @@ def test_torchvision_imagefolder_reads_the_class_folders(made, ref: Rows) -> Non
     # ImageFolder numbers the folders in sorted order: map them back through the names.
     labels = [[class_dir(i, n, NAMES) for i, n in enumerate(NAMES)].index(ds.classes[t])
               for _, t in ds.samples]  # fmt: skip
-    _by_id(ids, labels, [ds[i][0] for i in range(len(ds))], ref)
+    _assert_rows_match(ids, labels, [ds[i][0] for i in range(len(ds))], ref)
 
 
 def test_ray_data_reads_parquet_and_webdataset(made, ref: Rows) -> None:  # noqa: ANN001
@@ -187,15 +187,15 @@ def test_ray_data_reads_parquet_and_webdataset(made, ref: Rows) -> None:  # noqa
 
     raw = ray.data.read_parquet(str(made["parquet-raw"])).take_all()
     images = [np.frombuffer(r["image"], np.uint8).reshape(SHAPE) for r in raw]
-    _by_id([r["id"] for r in raw], [r["label"] for r in raw], images, ref, hwc=False)
+    _assert_rows_match([r["id"] for r in raw], [r["label"] for r in raw], images, ref, hwc=False)
     png = ray.data.read_parquet(str(made["parquet-png"])).take_all()
     from vaegen.dataset_format import decode_png
 
     images = [decode_png(r["image"]["bytes"]) for r in png]
-    _by_id([r["id"] for r in png], [r["label"] for r in png], images, ref, hwc=False)
+    _assert_rows_match([r["id"] for r in png], [r["label"] for r in png], images, ref, hwc=False)
     rows = ray.data.read_webdataset(str(made["webdataset"]), file_extensions=["tar"]).take_all()
-    _by_id([r["json"]["id"] for r in rows], [r["cls"] for r in rows], [r["png"] for r in rows],
-           ref)  # fmt: skip
+    ids, labels = [r["json"]["id"] for r in rows], [r["cls"] for r in rows]
+    _assert_rows_match(ids, labels, [r["png"] for r in rows], ref)
 
 
 def test_webdataset_bytes_equal_for_1_and_2_workers_and_after_resume(
