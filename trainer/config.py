@@ -50,6 +50,7 @@ class ModelConfig:
     gaussian_std: float = flag(0.1, "Fixed (or initial) decoder std.")
     prior: str = flag("standard", "standard N(0, I), or class: a learned p(z|y) (cvae only).")
     label_head: bool = flag(False, "Train a classifier to keep prior samples on label (cvae).")
+    classifier: bool = False  # M2's q(y|x), set by --labels-per-class (trainer/semisupervised.py)
 
     def __post_init__(self) -> None:
         _check_choice("model", self.model, MODELS)
@@ -108,11 +109,28 @@ class LossConfig:
     objective: str = flag("elbo", "elbo, iwae or iwae-dreg (importance-weighted bounds).")
     iw_samples: int = flag(1, "Draws of z per image: IWAE's K, or the ELBO averaged over K.")
     corrupt: str | None = flag(None, "Denoise: corrupt the encoder input, mask:P or gaussian:S.")
+    # DFC-VAE (trainer/perceptual.py): judge-feature distance added to the reconstruction term.
+    perceptual_weight: float = flag(0.0, "Weight of the judge-feature (perceptual) distance.")
+    perceptual_layers: tuple[int, ...] = flag(
+        (1, 2, 3), "Judge layers compared: conv stages 1.., then the feature layer.", codec=INT_LIST
+    )
+    judge: str | None = flag(None, "JUDGE folder (vaegen judge); default: the judge cache.")
+    judge_weights: str | None = None  # resolved by the driver before Ray starts
+    judge_sha256: str | None = None
+    # VAE-GAN (trainer/adversarial.py).
+    adversarial_weight: float = flag(0.0, "VAE-GAN: weight of the discriminator's terms.")
+    adversarial_gamma: float = flag(1.0, "VAE-GAN: Dis_l similarity weight against the GAN loss.")
+    discriminator_lr: float = flag(2e-4, "VAE-GAN: the discriminator's Adam learning rate.")
+    # M2 (trainer/semisupervised.py).
+    classifier_weight: float | None = flag(
+        None, "M2's alpha, on q(y|x)'s labeled CE; default 0.1 x training images."
+    )
 
     def __post_init__(self) -> None:
         from trainer.corruption import parse_corruption
 
         _check_choice("objective", self.objective, OBJECTIVES)
+        self._check_family2()
         if self.iw_samples < 1:
             raise VaegenError(f"--iw-samples must be >= 1; got {self.iw_samples}")
         parse_corruption(self.corrupt)
@@ -124,6 +142,24 @@ class LossConfig:
             raise VaegenError(f"--free-bits must be >= 0; got {self.free_bits}")
         if self.label_weight < 0:
             raise VaegenError(f"--label-weight must be >= 0; got {self.label_weight}")
+
+    def _check_family2(self) -> None:
+        for name in ("perceptual_weight", "adversarial_weight", "adversarial_gamma"):
+            if getattr(self, name) < 0:
+                raise VaegenError(f"--{name.replace('_', '-')} must be >= 0")
+        if not self.discriminator_lr > 0:
+            raise VaegenError(f"--discriminator-lr must be > 0; got {self.discriminator_lr}")
+        if self.classifier_weight is not None and self.classifier_weight < 0:
+            raise VaegenError(f"--classifier-weight must be >= 0; got {self.classifier_weight}")
+        if not self.perceptual_layers or min(self.perceptual_layers) < 1:
+            raise VaegenError(f"--perceptual-layers must be >= 1: {self.perceptual_layers}")
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> LossConfig:
+        kwargs = dict(data)
+        if "perceptual_layers" in kwargs:
+            kwargs["perceptual_layers"] = tuple(int(v) for v in kwargs["perceptual_layers"])
+        return cls(**kwargs)
 
     def kl_weight(self, epoch_progress: float) -> float:
         """Linear warm-up from 0 to beta over `kl_warmup_epochs` (epoch_progress in epochs)."""
@@ -153,6 +189,9 @@ class TrainConfig:
     seed: int = flag(0, "Random seed.")
     keep_checkpoints: int = 3
     max_failures: int = flag(3, "Worker failures survived, from checkpoints.")
+    labels_per_class: int | None = flag(
+        None, "Semi-supervised M2: keep this many labels per class (seeded), hide the rest."
+    )
     loss: LossConfig = field(default_factory=LossConfig)
 
     def __post_init__(self) -> None:
@@ -172,6 +211,12 @@ class TrainConfig:
             raise VaegenError(f"--image-size must be >= 1; got {self.image_size}")
         if self.keep_checkpoints < 1:
             raise VaegenError("keep_checkpoints must be >= 1")
+        if self.labels_per_class is not None and self.labels_per_class < 1:
+            raise VaegenError(f"--labels-per-class must be >= 1; got {self.labels_per_class}")
+
+    @property
+    def semi_supervised(self) -> bool:
+        return self.labels_per_class is not None
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -179,7 +224,7 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
         kwargs = dict(data)
-        kwargs["loss"] = LossConfig(**kwargs.get("loss", {}))
+        kwargs["loss"] = LossConfig.from_dict(kwargs.get("loss", {}))
         kwargs.pop("layout", None)  # RUN/model/config.json's record of the worker group
         return cls(**kwargs)
 
@@ -188,3 +233,19 @@ def check_compatible(model_cfg: ModelConfig, train_cfg: TrainConfig) -> None:
     """What no single config can check on its own."""
     if model_cfg.likelihood == "gaussian" and train_cfg.binarize:
         raise VaegenError("--binarize goes with the bernoulli likelihood only")
+    if model_cfg.classifier != train_cfg.semi_supervised:
+        raise VaegenError("the model's classifier q(y|x) comes with --labels-per-class only")
+    if train_cfg.semi_supervised:
+        _check_semi_supervised(model_cfg, train_cfg.loss)
+
+
+def _check_semi_supervised(model_cfg: ModelConfig, loss: LossConfig) -> None:
+    """M2 marginalizes the ELBO over y: a CVAE on the plain ELBO, no per-batch KL clamp."""
+    if not model_cfg.conditional:
+        raise VaegenError("--labels-per-class trains a CVAE: pass --model cvae")
+    if model_cfg.label_head:
+        raise VaegenError("--label-head needs every label; it does not combine with M2")
+    if loss.objective != "elbo" or loss.free_bits > 0:
+        raise VaegenError("--labels-per-class needs --objective elbo and --free-bits 0")
+    if loss.adversarial_weight > 0:
+        raise VaegenError("--adversarial-weight does not combine with --labels-per-class")

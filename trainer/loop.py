@@ -16,14 +16,16 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.distributed as dist
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
+from trainer.adversarial import Adversary
 from trainer.collapse import latent_metrics
 from trainer.config import ModelConfig, TrainConfig
-from trainer.corruption import parse_corruption
-from trainer.models import VAE, build_model, label_loss
-from trainer.objectives import objective_loss
+from trainer.models import VAE, build_model
+from trainer.perceptual import perceptual_loss
+from trainer.semisupervised import SemiSupervised, classifier_correct
+from trainer.step import Parts, model_inputs, record_elbo, train_step
+from trainer.tally import Tally
 from trainer.timeline import TIMELINE_KEY, process_start
 from vaegen.raycluster import node_cpus
 
@@ -38,71 +40,55 @@ def _unwrap(model: torch.nn.Module) -> VAE:
     return model.module if hasattr(model, "module") else model  # type: ignore[return-value]
 
 
-def _all_reduce_sums(values: list[float]) -> list[float]:
-    """Sum per-worker totals across the group (no-op for a single process)."""
-    tensor = torch.tensor(values, dtype=torch.float64)
-    if dist.is_available() and dist.is_initialized():
-        dist.all_reduce(tensor)
-    return tensor.tolist()
-
-
 def _run_epoch(
     model: torch.nn.Module,
     loader: DataLoader,
-    optimizer: torch.optim.Optimizer | None,
-    train_cfg: TrainConfig,
+    parts: Parts | None,
     epoch: int,
     binarize_gen: torch.Generator | None,
 ) -> dict[str, float]:
-    """One pass; returns per-sample means of the ELBO terms, summed over all workers."""
-    training = optimizer is not None
+    """One pass, training when `parts` is given; per-image means summed over all workers."""
+    training = parts is not None
     model.train(training)
-    sums = [0.0, 0.0, 0.0, 0.0]  # elbo, reconstruction, kl, count
-    corruption = parse_corruption(train_cfg.loss.corrupt)
+    tally = Tally()
     steps = max(len(loader), 1)
     with torch.set_grad_enabled(training):
         for step, (images, labels) in enumerate(loader):
-            x = images.float().div_(255.0) if images.dtype == torch.uint8 else images
-            if binarize_gen is not None:
-                x = torch.bernoulli(x, generator=binarize_gen)  # dynamic binarization
-            y = labels if _unwrap(model).cfg.conditional else None
-            if training:
-                # Denoising: the encoder sees a corrupted copy, the likelihood scores x itself.
-                x_in = corruption.apply(x) if corruption is not None else x
-                out = model(x_in, y, target=x, samples=train_cfg.loss.iw_samples)
-                loss = objective_loss(out, train_cfg.loss, epoch + step / steps)
-                loss = loss + label_loss(out, train_cfg.loss)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
+            if parts is not None:
+                train_step(model, parts, images, labels, epoch + step / steps, binarize_gen, tally)
             else:
-                out = _unwrap(model).sample_forward(x, y)  # a Monte Carlo ELBO, not z = mu
-            sums[0] += float(out.elbo.detach().sum())
-            sums[1] += float(out.reconstruction.detach().sum())
-            sums[2] += float(out.kl.detach().sum())
-            sums[3] += len(x)
-    elbo, rec, kl, count = _all_reduce_sums(sums)
-    count = max(count, 1.0)
-    return {"elbo": elbo / count, "reconstruction": rec / count, "kl": kl / count, "n": count}
+                _test_step(_unwrap(model), images, labels, tally)
+    return tally.means()
 
 
-def _save_checkpoint(
-    directory: Path, model: VAE, optimizer: torch.optim.Optimizer, state: dict[str, Any]
-) -> None:
+def _test_step(model: VAE, images: torch.Tensor, labels: torch.Tensor, tally: Tally) -> None:
+    x, _ = model_inputs(images, None)
+    out = model.sample_forward(x, labels if model.cfg.conditional else None)  # a Monte Carlo ELBO
+    record_elbo(tally, out)
+    if model.classifier is not None:
+        tally.add_mean("classifier_accuracy", classifier_correct(model, x, labels))
+
+
+def _save_checkpoint(directory: Path, model: VAE, parts: Parts, state: dict[str, Any]) -> None:
     from safetensors.torch import save_file
 
     weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     save_file(weights, str(directory / CHECKPOINT_WEIGHTS))
-    torch.save(optimizer.state_dict(), directory / CHECKPOINT_OPTIMIZER)
+    torch.save(parts.optimizer.state_dict(), directory / CHECKPOINT_OPTIMIZER)
+    if parts.adversary is not None:
+        parts.adversary.save(directory)
     (directory / CHECKPOINT_STATE).write_text(json.dumps(state))
 
 
-def _load_checkpoint(directory: Path, model: VAE, optimizer: torch.optim.Optimizer) -> int:
-    """Restore weights and optimizer; return the next epoch to run."""
+def _load_checkpoint(directory: Path, model: VAE, parts: Parts) -> int:
+    """Restore weights and optimizers; return the next epoch to run."""
     from safetensors.torch import load_file
 
     model.load_state_dict(load_file(str(directory / CHECKPOINT_WEIGHTS)))
-    optimizer.load_state_dict(torch.load(directory / CHECKPOINT_OPTIMIZER, weights_only=True))
+    optimizer_state = torch.load(directory / CHECKPOINT_OPTIMIZER, weights_only=True)
+    parts.optimizer.load_state_dict(optimizer_state)
+    if parts.adversary is not None:
+        parts.adversary.load(directory)
     return int(json.loads((directory / CHECKPOINT_STATE).read_text())["epoch"]) + 1
 
 
@@ -125,11 +111,7 @@ def _loaders(
 
 
 def _report(
-    rank: int,
-    model: VAE,
-    optimizer: torch.optim.Optimizer,
-    metrics: dict[str, Any],
-    events: dict[str, float],
+    rank: int, model: VAE, parts: Parts, metrics: dict[str, Any], events: dict[str, float]
 ) -> dict[str, float]:
     """Report one epoch; rank 0 attaches the checkpoint and its timeline steps so far.
 
@@ -143,22 +125,65 @@ def _report(
         return events
     epoch = metrics["epoch"]
     with tempfile.TemporaryDirectory(prefix="vaegen-ckpt-") as tmp:
-        _save_checkpoint(Path(tmp), model, optimizer, {"epoch": epoch, "metrics": metrics})
+        _save_checkpoint(Path(tmp), model, parts, {"epoch": epoch, "metrics": metrics})
         events[f"epoch {epoch} checkpoint written"] = time.time()
         sent = {**metrics, TIMELINE_KEY: events}
         ray.train.report(sent, checkpoint=Checkpoint.from_directory(tmp))
     return {f"epoch {epoch} report returned": time.time()}
 
 
-def train_loop_per_worker(config: dict[str, Any]) -> None:
+def _build(
+    config: dict[str, Any],
+    data: tuple[np.ndarray, ...],
+    cfgs: tuple[ModelConfig, TrainConfig],
+    rank: int,
+    world: int,
+) -> tuple[VAE, Parts]:
+    """The model and what trains it: its optimizer and the run's optional terms."""
     import ray
+
+    model_cfg, train_cfg = cfgs
+    model = build_model(model_cfg)
+    if train_cfg.init_output_bias:  # a resumed run's checkpoint overwrites it below
+        model.init_output_bias(torch.from_numpy(data[0].mean(0, dtype=np.float64) / 255.0))
+    parts = Parts(torch.optim.Adam(model.parameters(), lr=train_cfg.lr), train_cfg)
+    if config.get("judge_ref") is not None:
+        parts.perceptual = perceptual_loss(ray.get(config["judge_ref"]), train_cfg)
+    if train_cfg.loss.adversarial_weight > 0:
+        parts.adversary = Adversary(model_cfg, train_cfg.loss)
+    if train_cfg.semi_supervised:
+        batch = max(1, train_cfg.batch_size // world)
+        parts.semi = SemiSupervised(data[0], data[1], train_cfg, rank, batch)
+    return model, parts
+
+
+def _prepare(model: VAE, parts: Parts, world: int) -> tuple[torch.nn.Module, int]:
+    """Resume from Ray's checkpoint if there is one, then wrap the trained nets in DDP.
+
+    Returns the model to train and the first epoch to run."""
     import ray.train
     import ray.train.torch
 
+    checkpoint = ray.train.get_checkpoint()
+    start_epoch = 0
+    if checkpoint is not None:
+        with checkpoint.as_directory() as directory:
+            start_epoch = _load_checkpoint(Path(directory), model, parts)
+    if world == 1:
+        return model, start_epoch
+    if parts.adversary is not None:
+        parts.adversary.wrap(ray.train.torch.prepare_model(parts.adversary.net))
+    return ray.train.torch.prepare_model(model), start_epoch
+
+
+def train_loop_per_worker(config: dict[str, Any]) -> None:
+    import ray
+    import ray.train
+
     # Rank 0's steps, sent with each report for RUN/timeline.json (trainer/timeline.py).
     events = {"worker process start": process_start(), "worker loop start": time.time()}
-    model_cfg = ModelConfig.from_dict(config["model"])
-    train_cfg = TrainConfig.from_dict(config["train"])
+    cfgs = ModelConfig.from_dict(config["model"]), TrainConfig.from_dict(config["train"])
+    train_cfg = cfgs[1]
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
     # 0: a whole-node worker (the default layout) uses all of its node's cores.
@@ -166,52 +191,48 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     torch.manual_seed(train_cfg.seed * 1000 + rank)
 
     data = ray.get(config["data_ref"])
-    test_x, test_y = data[2], data[3]
     train_loader, test_loader = _loaders(data, train_cfg, rank, world)
-    train_sampler = train_loader.sampler
     events["worker data ready"] = time.time()
-
-    model = build_model(model_cfg)
-    if train_cfg.init_output_bias:  # a resumed run's checkpoint overwrites it below
-        model.init_output_bias(torch.from_numpy(data[0].mean(0, dtype=np.float64) / 255.0))
-    optimizer = torch.optim.Adam(model.parameters(), lr=train_cfg.lr)
-    start_epoch = 0
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint is not None:
-        with checkpoint.as_directory() as directory:
-            start_epoch = _load_checkpoint(Path(directory), model, optimizer)
-    ddp_model = ray.train.torch.prepare_model(model) if world > 1 else model
+    model, parts = _build(config, data, cfgs, rank, world)
+    ddp_model, start_epoch = _prepare(model, parts, world)
     binarize_gen = None
     if train_cfg.binarize:
         binarize_gen = torch.Generator().manual_seed(train_cfg.seed * 7919 + rank)
-    sleep = float(os.environ.get(EPOCH_SLEEP_ENV, "0") or 0)
     events["worker model ready"] = time.time()
     for epoch in range(start_epoch, train_cfg.epochs):
-        train_sampler.set_epoch(epoch)
+        train_loader.sampler.set_epoch(epoch)
         events[f"epoch {epoch} start"] = time.time()
         started = time.perf_counter()
-        train = _run_epoch(ddp_model, train_loader, optimizer, train_cfg, epoch, binarize_gen)
+        train = _run_epoch(ddp_model, train_loader, parts, epoch, binarize_gen)
         train_seconds = time.perf_counter() - started
         events[f"epoch {epoch} train pass end"] = time.time()
-        test = _run_epoch(ddp_model, test_loader, None, train_cfg, epoch, None)
+        test = _run_epoch(ddp_model, test_loader, None, epoch, None)
         events[f"epoch {epoch} test pass end"] = time.time()
-        if sleep:
-            time.sleep(sleep)
-        metrics = {
-            "epoch": epoch,
-            "train_elbo": train["elbo"],
-            "train_reconstruction": train["reconstruction"],
-            "train_kl": train["kl"],
-            "test_elbo": test["elbo"],
-            "test_reconstruction": test["reconstruction"],
-            "test_kl": test["kl"],
-            "kl_weight": train_cfg.loss.kl_weight(epoch + 1),
-            "samples_per_s": train["n"] / max(train_seconds, 1e-9),
-            "epoch_seconds": time.perf_counter() - started,
-            "world_size": world,
-            **latent_metrics(model, test_x, test_y, beta=train_cfg.loss.beta),
-        }
-        events = _report(rank, model, optimizer, metrics, events)
+        time.sleep(float(os.environ.get(EPOCH_SLEEP_ENV, "0") or 0))
+        metrics = _epoch_metrics(epoch, train, test, train_cfg, world)
+        metrics["samples_per_s"] = train["n"] / max(train_seconds, 1e-9)
+        metrics.update(latent_metrics(model, data[2], data[3], beta=train_cfg.loss.beta))
+        metrics["epoch_seconds"] = time.perf_counter() - started
+        events = _report(rank, model, parts, metrics, events)
+
+
+def _epoch_metrics(
+    epoch: int,
+    train: dict[str, float],
+    test: dict[str, float],
+    train_cfg: TrainConfig,
+    world: int,
+) -> dict[str, Any]:
+    """train_log.jsonl's line: both passes' ELBO terms, then each optional term under its name
+    (test ones prefixed test_)."""
+    base = ("elbo", "reconstruction", "kl")
+    metrics: dict[str, Any] = {"epoch": epoch}
+    for split, means in (("train", train), ("test", test)):
+        metrics.update({f"{split}_{k}": means[k] for k in base})
+    metrics.update({k: v for k, v in train.items() if k not in (*base, "n")})
+    metrics.update({f"test_{k}": v for k, v in test.items() if k not in (*base, "n")})
+    metrics.update(kl_weight=train_cfg.loss.kl_weight(epoch + 1), world_size=world)
+    return metrics
 
 
 def pack_data(

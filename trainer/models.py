@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from trainer.config import LossConfig, ModelConfig
+from trainer.judge_net import JudgeNet, JudgeSpec
 from trainer.label_head import LabelClassifier
 from trainer.likelihood import (
     bernoulli_log_prob,
@@ -38,6 +39,9 @@ class VAEOutput:
     samples: ImportanceSamples | None = None
     # The label head's loss, [B] (trainer/label_head.py): set by training forwards only.
     label_loss: torch.Tensor | None = None
+    # Decoded prior draws u ~ N(0, I) with the batch's labels, [B, C, H, W]: training forwards
+    # with a label head or `prior=True` (the VAE-GAN's fakes, trainer/adversarial.py).
+    prior_logits: torch.Tensor | None = None
 
 
 @dataclass
@@ -51,7 +55,7 @@ class ImportanceSamples:
     logits: torch.Tensor  # [K, B, C, H, W]
 
 
-def _conv_sizes(height: int, width: int, stages: int) -> list[tuple[int, int, int]]:
+def conv_sizes(height: int, width: int, stages: int) -> list[tuple[int, int, int]]:
     """(stride, h, w) after each conv stage: stride 2 while the map stays >= 2 on each side."""
     sizes = []
     for _ in range(stages):
@@ -73,13 +77,13 @@ class Encoder(nn.Module):
             layers: list[nn.Module] = []
             channels = c
             for out_ch, (stride, _, _) in zip(
-                cfg.conv_channels, _conv_sizes(h, w, len(cfg.conv_channels)), strict=True
+                cfg.conv_channels, conv_sizes(h, w, len(cfg.conv_channels)), strict=True
             ):
                 layers += [nn.Conv2d(channels, out_ch, 3, stride, 1), nn.ReLU()]
                 channels = out_ch
             layers.append(nn.Flatten())
             self.features = nn.Sequential(*layers)
-            _, fh, fw = _conv_sizes(h, w, len(cfg.conv_channels))[-1]
+            _, fh, fw = conv_sizes(h, w, len(cfg.conv_channels))[-1]
             width = channels * fh * fw
         mlp: list[nn.Module] = []
         width += cond
@@ -115,7 +119,7 @@ class Decoder(nn.Module):
             self.mlp = nn.Sequential(*mlp)
             self.body: nn.Module = nn.Unflatten(1, cfg.image_shape)
             return
-        sizes = _conv_sizes(h, w, len(cfg.conv_channels))
+        sizes = conv_sizes(h, w, len(cfg.conv_channels))
         channels = list(cfg.conv_channels)
         _, fh, fw = sizes[-1]
         mlp += [nn.Linear(width, channels[-1] * fh * fw), nn.ReLU()]
@@ -155,6 +159,10 @@ class VAE(nn.Module):
         num = cfg.num_classes if cfg.conditional else 0
         self.register_buffer("eye", torch.eye(max(num, 1)), persistent=False)
         self.label_head = LabelClassifier(cfg) if cfg.label_head else None
+        # M2's q(y|x) (trainer/semisupervised.py): the judge's conv net, a strong MNIST classifier.
+        self.classifier = (
+            JudgeNet(JudgeSpec(cfg.image_shape, cfg.num_classes)) if cfg.classifier else None
+        )
 
     @torch.no_grad()
     def init_output_bias(self, mean_image: torch.Tensor) -> None:
@@ -219,10 +227,12 @@ class VAE(nn.Module):
         target: torch.Tensor | None = None,
         samples: int = 1,
         grey: torch.Tensor | None = None,
+        prior: bool = False,
     ) -> VAEOutput:
         """`target` is the image the likelihood scores (the clean one when `x` is corrupted);
         training draws `samples` z per image and `reconstruction` averages over them. `grey`,
-        the image before binarization, is what the label head learns from when given."""
+        the image before binarization, is what the label head learns from when given; `prior`
+        also decodes prior draws (training only)."""
         mu, logvar = self.encode(x, y)
         z = mu.expand(samples if self.training else 1, *mu.shape)
         if self.training:
@@ -232,6 +242,8 @@ class VAE(nn.Module):
         reconstruction = -drawn.log_px.mean(0)
         kl_per_dim = gaussian_kl(mu, logvar)
         kl = kl_per_dim.sum(1)
+        prior_logits = self._prior_logits(mu, y, prior)
+        real = next(t for t in (grey, target, x) if t is not None)
         return VAEOutput(
             reconstruction=reconstruction,
             kl=kl,
@@ -242,17 +254,26 @@ class VAE(nn.Module):
             z=z,
             logits=logits,
             samples=drawn,
-            label_loss=self._label_loss(next(t for t in (grey, target, x) if t is not None), y, mu),
+            label_loss=self._label_loss(real, y, prior_logits),
+            prior_logits=prior_logits,
         )
 
+    def _prior_logits(
+        self, mu: torch.Tensor, y: torch.Tensor | None, wanted: bool
+    ) -> torch.Tensor | None:
+        """Decode u ~ N(0, I) with the batch's labels, when a training forward needs fakes."""
+        needed = wanted or (self.label_head is not None and y is not None)
+        if not (needed and self.training and torch.is_grad_enabled()):
+            return None
+        return self.decode_logits(torch.randn_like(mu), y)
+
     def _label_loss(
-        self, x: torch.Tensor, y: torch.Tensor | None, mu: torch.Tensor
+        self, x: torch.Tensor, y: torch.Tensor | None, prior_logits: torch.Tensor | None
     ) -> torch.Tensor | None:
         """Train the label head on x, and the decoder on its prior samples (training only)."""
-        if self.label_head is None or y is None or not (self.training and torch.is_grad_enabled()):
+        if self.label_head is None or y is None or prior_logits is None:
             return None
-        fake = self.decode(torch.randn_like(mu), y)
-        return self.label_head.loss(x, fake, y)
+        return self.label_head.loss(x, torch.sigmoid(prior_logits), y)
 
     def sample_forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> VAEOutput:
         """forward() with a sampled z even in eval mode (the ELBO's Monte Carlo estimate)."""

@@ -28,7 +28,10 @@ def build_configs(**options: Any) -> tuple[ModelConfig, TrainConfig]:
         train_cfg.dataset, "test", data_dir=train_cfg.data_dir, image_size=train_cfg.image_size
     )
     model_cfg = dataclasses.replace(
-        model_cfg, image_shape=probe.image_shape, num_classes=probe.num_classes
+        model_cfg,
+        image_shape=probe.image_shape,
+        num_classes=probe.num_classes,
+        classifier=train_cfg.semi_supervised,  # M2's q(y|x) is part of the model
     )
     check_compatible(model_cfg, train_cfg)
     return model_cfg, train_cfg

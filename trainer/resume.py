@@ -19,8 +19,20 @@ from vaegen.errors import VaegenError
 
 RUN_CONFIG = "run_config.json"
 MODEL = "model"  # trainer.run.MODEL: RUN/model/config.json, for runs made before run_config.json
-# TrainConfig fields a checkpoint depends on ("loss.objective": a field of train.loss).
-TRAIN_FIELDS = ("dataset", "image_size", "loss.objective")
+# TrainConfig fields a checkpoint depends on ("loss.objective": a field of train.loss): the
+# discriminator in a VAE-GAN's checkpoints, the judge and M2's labeled subset (seeded) are part
+# of what the run trains.
+TRAIN_FIELDS = (
+    "dataset",
+    "image_size",
+    "loss.objective",
+    "loss.perceptual_weight",
+    "loss.perceptual_layers",
+    "loss.judge_sha256",
+    "loss.adversarial_weight",
+    "labels_per_class",
+)
+SEMI_SUPERVISED_FIELDS = ("seed",)  # the labeled subset is drawn under it
 
 
 def record_run(run_dir: Path, model_cfg: ModelConfig, train_cfg: TrainConfig) -> None:
@@ -37,7 +49,10 @@ def check_same_run(run_dir: Path, model_cfg: ModelConfig, train_cfg: TrainConfig
         return  # a run from before run_config.json with no model yet: nothing to compare
     new = {"model": model_cfg.to_dict(), "train": train_cfg.to_dict()}
     pairs = [(f"model.{k}", k) for k in new["model"]]
-    pairs += [(f"train.{k}", k.rsplit(".", 1)[-1]) for k in TRAIN_FIELDS]
+    fields = TRAIN_FIELDS
+    if _get(old, "train.labels_per_class") is not None:
+        fields += SEMI_SUPERVISED_FIELDS
+    pairs += [(f"train.{k}", k.rsplit(".", 1)[-1]) for k in fields]
     for path, name in pairs:
         was, now = _get(old, path), _get(new, path)
         if was is not None and _plain(was) != _plain(now):

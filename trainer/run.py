@@ -14,6 +14,7 @@ from typing import IO, Any
 
 from trainer.checkpoint import save_model
 from trainer.config import ModelConfig, TrainConfig, check_compatible
+from trainer.perceptual import judge_payload, resolve_judge
 from trainer.resume import check_same_run, record_run
 from trainer.timeline import (
     TIMELINE_FILE,
@@ -129,6 +130,8 @@ def _train_locked(
     timeline: Timeline,
 ) -> TrainResult:
     _check_resume(run_dir, resume)
+    # The judge of --perceptual-weight, found and hashed here: a resume must use the same one.
+    train_cfg = resolve_judge(model_cfg, train_cfg)
     if resume:
         check_same_run(run_dir, model_cfg, train_cfg)  # before Ray: exit 2 naming the field
     splits = _load_splits(model_cfg, train_cfg)
@@ -181,12 +184,10 @@ def _make_trainer(
 ) -> tuple[Any, Any, Any]:
     """Start Ray; returns the TorchTrainer, the queue its callback sends each epoch to, and the
     worker layout (vaegen.raycluster.TrainLayout)."""
-    import ray
     from ray.train import CheckpointConfig, FailureConfig, RunConfig
     from ray.util.queue import Queue
 
-    from trainer.inputs import evaluation_inputs
-    from trainer.loop import pack_data, train_loop_per_worker
+    from trainer.loop import train_loop_per_worker
     from vaegen.raycluster import cluster_layout, init_ray
 
     # Ray Train's controller polls workers every 2 s by default, and each epoch's report waits
@@ -200,10 +201,7 @@ def _make_trainer(
     layout = cluster_layout(train_cfg.workers, train_cfg.gpu)
     print(f"train layout: {layout.describe()}", flush=True)
     timeline.mark("worker layout chosen")
-    train_set, test_set = splits
-    test_inputs = evaluation_inputs(test_set.images, train_cfg.binarize)
-    data = pack_data(train_set.images, train_set.labels, test_inputs, test_set.labels)
-    data_ref = ray.put(data)
+    refs = _object_refs(model_cfg, train_cfg, splits)
     queue = Queue(actor_options={"num_cpus": 0})
     timeline.mark("data in the object store")
     trainer = _torch_trainer()(
@@ -211,7 +209,7 @@ def _make_trainer(
         train_loop_config={
             "model": model_cfg.to_dict(),
             "train": train_cfg.to_dict(),
-            "data_ref": data_ref,
+            **refs,
             "threads_per_worker": layout.threads,
         },
         scaling_config=_scaling(layout),
@@ -224,6 +222,28 @@ def _make_trainer(
         ),
     )
     return trainer, queue, layout
+
+
+def _object_refs(
+    model_cfg: ModelConfig, train_cfg: TrainConfig, splits: tuple[Any, Any]
+) -> dict[str, Any]:
+    """The data (M2: with the unlabeled images' labels hidden) and the judge, ray.put once."""
+    import ray
+
+    from trainer.inputs import evaluation_inputs
+    from trainer.loop import pack_data
+    from trainer.semisupervised import hide_labels
+
+    train_set, test_set = splits
+    test_inputs = evaluation_inputs(test_set.images, train_cfg.binarize)
+    labels = train_set.labels
+    if train_cfg.semi_supervised:  # the workers see the labeled subset's labels only
+        labels = hide_labels(labels, train_cfg, model_cfg.num_classes)
+    judge = judge_payload(train_cfg)
+    return {
+        "data_ref": ray.put(pack_data(train_set.images, labels, test_inputs, test_set.labels)),
+        "judge_ref": None if judge is None else ray.put(judge),
+    }
 
 
 def _fit(
