@@ -123,33 +123,53 @@ class _Features:
         return self.fake[layer], self.real[layer]
 
 
+def _feature_extractor(extractor: Extractor, layers: list[str], kwargs: dict[str, Any]) -> Any:
+    from torch_fidelity.utils import create_feature_extractor
+
+    return _tf_call(
+        "feature extractor", create_feature_extractor, extractor.name, sorted(set(layers)), **kwargs
+    )
+
+
+def _features_of(
+    fe: Any, images: np.ndarray, what: str, kwargs: dict[str, Any]
+) -> dict[str, torch.Tensor]:
+    """One image set through torch-fidelity's dataset loop: {layer: features [N, D]}."""
+    from torch_fidelity.utils import get_featuresdict_from_dataset
+
+    dataset = features.UInt8ImageDataset(images)
+    # Positional: (input, extractor, batch_size, cuda, save_cpu_ram, verbose).
+    args = (dataset, fe, kwargs["batch_size"], kwargs["cuda"], True, False)
+    return _tf_call(what, get_featuresdict_from_dataset, *args)
+
+
 def _extract(
     real_images: np.ndarray, fake_images: np.ndarray, extractor: Extractor, kwargs: dict[str, Any]
 ) -> _Features:
     """Run the extractor once over each set, for every layer any metric needs."""
-    from torch_fidelity.utils import (
-        create_feature_extractor,
-        get_featuresdict_from_dataset,
-        resolve_feature_layer_for_metric,
-    )
+    from torch_fidelity.utils import resolve_feature_layer_for_metric
 
     layers = {m: resolve_feature_layer_for_metric(m, **kwargs) for m in ("fid", "kid", "prc")}
-    fe = _tf_call(
-        "feature extractor",
-        create_feature_extractor,
-        extractor.name,
-        sorted(set(layers.values())),
-        **kwargs,
+    fe = _feature_extractor(extractor, list(layers.values()), kwargs)
+    fake = _features_of(fe, fake_images, "generated images", kwargs)
+    return _Features(fake, _features_of(fe, real_images, "real images", kwargs), layers)
+
+
+def layer_features(
+    image_sets: dict[str, np.ndarray], extractor: Extractor, *, cuda: bool, batch_size: int
+) -> tuple[str, dict[str, torch.Tensor]]:
+    """FID's feature layer (the judge's penultimate) for each named uint8 image set, through the
+    same torch-fidelity extractor and loop as FID; returns (layer name, {name: [N, D]})."""
+    from torch_fidelity.utils import resolve_feature_layer_for_metric
+
+    kwargs = tf_kwargs(
+        extractor, cuda=cuda, batch_size=batch_size, kid_subset_size=1, kid_subsets=1, seed=0
     )
-
-    def features_of(images: np.ndarray, what: str) -> dict[str, torch.Tensor]:
-        dataset = features.UInt8ImageDataset(images)
-        # Positional: (input, extractor, batch_size, cuda, save_cpu_ram, verbose).
-        args = (dataset, fe, kwargs["batch_size"], kwargs["cuda"], True, False)
-        return _tf_call(what, get_featuresdict_from_dataset, *args)
-
-    fake = features_of(fake_images, "generated images")
-    return _Features(fake, features_of(real_images, "real images"), layers)
+    layer = resolve_feature_layer_for_metric("fid", **kwargs)
+    fe = _feature_extractor(extractor, [layer], kwargs)
+    return layer, {
+        what: _features_of(fe, images, what, kwargs)[layer] for what, images in image_sets.items()
+    }
 
 
 def _fid(f_fake: torch.Tensor, f_real: torch.Tensor) -> float:

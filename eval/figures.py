@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from eval.loading import LoadedRun
+from eval.memorization import ClosestPairs
 from vaegen.atomic import atomic_path
 
 FIGURES_DIR = "figures"
@@ -103,14 +104,24 @@ def sample_grid(
     return _save(fig, path)
 
 
-def image_rows(rows: list[np.ndarray], row_names: list[str], title: str, path: Path) -> Path:
-    """Rows of equally many images (float [n, C, H, W] or uint8) with a label per row."""
+def image_rows(
+    rows: list[np.ndarray],
+    row_names: list[str],
+    title: str,
+    path: Path,
+    column_names: list[str] | None = None,
+) -> Path:
+    """Rows of equally many images (float [n, C, H, W] or uint8) with a label per row (and,
+    when given, per column)."""
     grid = montage(np.stack([_to_float(r) for r in rows]))
     plt = _plt()
     fig, ax = plt.subplots(figsize=(min(14, 1 + 0.8 * len(rows[0])), 0.9 * len(rows) + 0.6))
     _imshow(ax, grid)
-    h = rows[0].shape[2] + 1
+    h, w = rows[0].shape[2] + 1, rows[0].shape[3] + 1
     ax.set_yticks([1 + h * (i + 0.5) for i in range(len(rows))], row_names)
+    if column_names is not None:
+        ax.set_xticks([1 + w * (i + 0.5) for i in range(len(column_names))], column_names)
+        ax.tick_params(axis="x", labelsize=7)
     ax.set_title(title)
     return _save(fig, path)
 
@@ -259,9 +270,11 @@ def draw_report_figures(
     grid: tuple[np.ndarray, np.ndarray],
     device: Any,
     seed: int,
+    pairs: ClosestPairs | None = None,
 ) -> dict[str, str | None]:
     """Every figure of the report: `grid` is (images, labels) of generated samples, `mu` the
-    test split's encoder means. Returns caption -> path relative to `out` (None: not drawn)."""
+    test split's encoder means, `pairs` the memorization check's closest pairs. Returns
+    caption -> path relative to `out` (None: not drawn)."""
     fig_dir = out / FIGURES_DIR
     fig_dir.mkdir(parents=True, exist_ok=True)
     names = run.real.class_names
@@ -281,4 +294,12 @@ def draw_report_figures(
     )
     curves = training_curves(read_train_log(run.train_log), fig_dir / "training_curves.png")
     drawn["Training curves"] = curves
+    if pairs is not None and len(pairs.distance):
+        drawn["Closest pairs: generated image above its nearest training image"] = image_rows(
+            [pairs.synthetic, pairs.train],
+            ["generated", "nearest train"],
+            "closest to the training set (judge feature distance below each pair)",
+            fig_dir / "closest_pairs.png",
+            column_names=[f"{d:.3g}" for d in pairs.distance],
+        )
     return {k: None if p is None else f"{FIGURES_DIR}/{p.name}" for k, p in drawn.items()}

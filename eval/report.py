@@ -33,6 +33,8 @@ HEADLINE = (
     ("cas", "cas_accuracy", "CAS accuracy (train synthetic, test real)"),
     ("cas", "real_accuracy", "real accuracy (train real, test real)"),
     ("cas", "label_fidelity", "label fidelity"),
+    ("memorization", "near_copy_rate", "near-copy rate (closer to train than 1% of test images)"),
+    ("memorization", "flagged", "flagged as memorizing training images"),
 )
 
 
@@ -81,6 +83,7 @@ def _per_class_table(metrics: dict[str, Any]) -> str:
     cas = metrics.get("cas") or {}
     lf_pc = cas.get("label_fidelity_per_class") or {}
     cas_pc = cas.get("cas_accuracy_per_class") or {}
+    copies_pc = (metrics.get("memorization") or {}).get("near_copy_rate_per_class") or {}
     names = list(per_class) or list(fid_pc) or list(lf_pc)
     if not names:
         return ""
@@ -97,9 +100,11 @@ def _per_class_table(metrics: dict[str, Any]) -> str:
                 fid_pc.get(name),
                 cas_pc.get(name),
                 lf_pc.get(name),
+                copies_pc.get(name),
             ]
         )
     header = ["class", "test images", "ELBO", "IWAE NLL", "MSE/pixel", "FID", "CAS", "label fid."]
+    header.append("near copies")
     return "<h2>Per class</h2>" + _table(header, rows)
 
 
@@ -126,6 +131,23 @@ def _corrupted_table(metrics: dict[str, Any]) -> str:
         return ""
     rows = [[k, corrupted.get(k)] for k in ("corruption", "mse_per_pixel", "bce_per_pixel")]
     return "<h2>Reconstruction from corrupted inputs</h2>" + _table(["", "value"], rows)
+
+
+def _memorization_line(metrics: dict[str, Any]) -> str:
+    """The near-copy rate against what held-out real images score, and the flag rule."""
+    mem = metrics.get("memorization") or {}
+    if mem.get("near_copy_rate") is None:
+        return ""
+    verdict = "<strong>flagged</strong>" if mem.get("flagged") else "not flagged"
+    limit = mem.get("flag_rate")
+    rule = "too few images to flag" if limit is None else f"flagged from {fmt(100 * limit)}%"
+    return (
+        f"<h2>Memorization</h2><p>{fmt(100 * mem['near_copy_rate'])}% of the "
+        f"{fmt(mem.get('num_synthetic'))} generated images lie closer to a training image "
+        f"than {fmt(mem.get('percentile'))}% of the {fmt(mem.get('num_test'))} held-out test "
+        f"images do (judge feature distance {fmt(mem.get('threshold'))}, over "
+        f"{fmt(mem.get('num_train'))} training images): {verdict} ({rule}).</p>"
+    )
 
 
 _CSS = """
@@ -172,6 +194,7 @@ def write_html(out: Path, metrics: dict[str, Any], figures: dict[str, str | None
     parts.append(_table(["metric", "value"], [list(r) for r in headline_rows(metrics)]))
     parts.append(_corrupted_table(metrics))
     parts.append(_per_class_table(metrics))
+    parts.append(_memorization_line(metrics))
     for note in metrics.get("notes") or []:
         parts.append(f"<p class='muted'>note: {html.escape(str(note))}</p>")
     for caption, rel in figures.items():

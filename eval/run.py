@@ -2,7 +2,8 @@
 
 Steps: load RUN and the real test split -> generated set (--samples DATASET, or the decoder) ->
 likelihood (ELBO terms, reconstruction errors) -> IWAE (--iwae-k) -> judge (cached) ->
-FID/KID/PR (--fid) -> CAS and label fidelity (--cas) -> figures -> metrics.json + report.html.
+FID/KID/PR (--fid) -> CAS and label fidelity (--cas) -> memorization (--samples) -> figures ->
+metrics.json + report.html.
 Each step records its own section of metrics.json.
 """
 
@@ -26,6 +27,7 @@ from eval.device import default_max_decodes, resolve_device
 from eval.figures import draw_report_figures
 from eval.judge import Judge, JudgeSpec, get_judge
 from eval.loading import LoadedRun, load_run
+from eval.memorization import ClosestPairs, check_samples
 from eval.metrics_keys import empty_metrics
 from eval.options import EvalOptions
 from eval.report import write_html, write_metrics
@@ -106,16 +108,18 @@ def _evaluate(
     # Generated set first: a bad --samples directory fails before any long step.
     sample_set = _generated_set_step(ctx)
     mu = _likelihood_step(ctx)
+    _classifier_step(ctx)
     judge = _judge_step(ctx) if sample_set is not None else None
     if opts.wants_fid and sample_set is not None:
         with timed("fid"):
             metrics["fid"].update(_fidelity(ctx, judge, sample_set))
     if opts.cas and sample_set is not None and judge is not None:
         _cas_step(ctx, judge, sample_set)
+    pairs = _memorization_step(ctx, judge, sample_set)
     figure_paths: dict[str, str | None] = {}
     if opts.figures:
         with timed("figures"):
-            figure_paths = _figures_step(ctx, out, mu, sample_set)
+            figure_paths = _figures_step(ctx, out, mu, sample_set, pairs)
 
     total = time.perf_counter() - total_start
     metrics["timings_seconds"]["total"] = total
@@ -173,8 +177,6 @@ def _generated_set_step(ctx: _Context) -> SampleSet | None:
     if opts.samples is not None:
         ctx.metrics["samples"].update(generation_settings(opts.samples))
     notes: list[str] = ctx.metrics["notes"]
-    if opts.samples and not (opts.wants_fid or opts.cas):
-        notes.append("--samples without --fid/--cas: only the rows for the sample grid were read")
     if not sample_set.labeled:
         notes.append(
             "the generated samples carry no labels (a plain VAE's): CAS, label fidelity "
@@ -187,12 +189,9 @@ def _generated_set(ctx: _Context) -> SampleSet:
     opts, run = ctx.opts, ctx.run
     class_names = run.real.class_names
     if opts.samples is not None:
-        # Only a sample grid is drawn from --samples without --fid/--cas: read a few rows.
-        limit = opts.num_samples
-        if not (opts.wants_fid or opts.cas):
-            limit = GRID_PER_CLASS * GRID_PER_CLASS * max(len(class_names), 1)
+        # Every row (or --num-samples): the memorization check scores each one.
         shape = tuple(run.info.config.image_shape)
-        return read_samples(opts.samples, shape, class_names, limit=limit)
+        return read_samples(opts.samples, shape, class_names, limit=opts.num_samples)
     return sample_from_decoder(
         run.model,
         opts.num_samples or len(run.real.test),
@@ -229,10 +228,30 @@ def _likelihood_step(ctx: _Context) -> np.ndarray:
     return res.mu
 
 
+def _classifier_step(ctx: _Context) -> None:
+    """M2's q(y|x) on the real test split, fed as in training (binarized only if trained so)."""
+    if getattr(ctx.run.model, "classifier", None) is None:
+        return
+    from trainer.inputs import evaluation_inputs
+    from trainer.semisupervised import classifier_accuracy
+
+    real, train = ctx.run.real, ctx.run.info.train
+    with ctx.timed("likelihood"):
+        inputs = evaluation_inputs(real.test.images, bool(train.get("binarize")))
+        acc, per_class = classifier_accuracy(
+            ctx.run.model, inputs, real.test.labels, real.class_names, ctx.opts.batch_size
+        )
+    ctx.metrics["classifier"].update(
+        test_accuracy=acc,
+        test_accuracy_per_class=per_class,
+        labels_per_class=train.get("labels_per_class"),
+    )
+
+
 def _judge_step(ctx: _Context) -> Judge | None:
-    """The dataset's judge (trained once, then cached) when CAS or judge-feature FID needs it."""
+    """The dataset's judge (trained once, then cached) for CAS, judge-feature FID, --samples."""
     opts, real = ctx.opts, ctx.run.real
-    if not (opts.cas or (opts.wants_fid and opts.inception_weights is None)):
+    if not (opts.cas or opts.samples or (opts.wants_fid and opts.inception_weights is None)):
         return None
     with ctx.timed("judge"):
         fingerprint = real.fingerprint()
@@ -312,8 +331,33 @@ def _cas_step(ctx: _Context, judge: Judge, sample_set: SampleSet) -> None:
     ctx.metrics["cas"].update(dataclasses.asdict(cas))
 
 
+def _memorization_step(
+    ctx: _Context, judge: Judge | None, sample_set: SampleSet | None
+) -> ClosestPairs | None:
+    """--samples: near copies of real training images, in the judge's features."""
+    if ctx.opts.samples is None or sample_set is None or judge is None:
+        return None
+    if judge.weights_path is None:
+        ctx.metrics["notes"].append("memorization check skipped: the judge has no weights file")
+        return None
+    with ctx.timed("memorization"):
+        section, pairs = check_samples(
+            ctx.run.real,
+            judge.weights_path,
+            sample_set,
+            device=ctx.device,
+            batch_size=ctx.opts.batch_size,
+        )
+    ctx.metrics["memorization"].update(section)
+    return pairs
+
+
 def _figures_step(
-    ctx: _Context, out: Path, mu: np.ndarray, sample_set: SampleSet | None
+    ctx: _Context,
+    out: Path,
+    mu: np.ndarray,
+    sample_set: SampleSet | None,
+    pairs: ClosestPairs | None,
 ) -> dict[str, str | None]:
     run, seed = ctx.run, ctx.opts.seed
     if sample_set is None:
@@ -323,4 +367,4 @@ def _figures_step(
             run.model, per, run.real.class_names, seed=seed, device=ctx.device
         )
     grid = (sample_set.images, sample_set.labels)
-    return draw_report_figures(out, run, mu, grid, ctx.device, seed)
+    return draw_report_figures(out, run, mu, grid, ctx.device, seed, pairs)

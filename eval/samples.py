@@ -31,6 +31,7 @@ class SampleSet:
     source: str  # "decoder" or the DATASET path
     format: str  # "decoder", "parquet", "npz" or "imagefolder"
     seed: int | None = None
+    ids: np.ndarray | None = None  # the DATASET's row ids (None: decoder draws, in draw order)
 
     @property
     def labeled(self) -> bool:
@@ -117,6 +118,7 @@ def read_samples(
         source=str(root),
         format=dataset.format,
         seed=dataset.seed,
+        ids=rows.ids,
     )
 
 

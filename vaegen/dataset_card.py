@@ -34,17 +34,19 @@ CARD = "README.md"
 _SIZES = ((1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"),
           (1_000_000, "100K<n<1M"), (10_000_000, "1M<n<10M"), (100_000_000, "10M<n<100M"),
           (1_000_000_000, "100M<n<1B"))  # fmt: skip
-# (section, key, what the card calls it) of eval's metrics.json shown under "Scores".
-SCORE_KEYS = (
-    ("fid", "fid", "FID"),
-    ("fid", "kid_mean", "KID (mean)"),
-    ("fid", "precision", "precision"),
-    ("fid", "recall", "recall"),
-    ("cas", "cas_accuracy", "CAS: real test accuracy of a classifier trained on this set"),
-    ("cas", "real_accuracy", "the same classifier trained on the real training split"),
-    ("cas", "label_fidelity", "label fidelity: the judge agrees with the row's label"),
-    ("judge", "test_accuracy", "the judge's accuracy on the real test split"),
-)
+# "section.key" of eval's metrics.json shown under "Scores", and what the card calls it.
+SCORE_KEYS = {
+    "fid.fid": "FID",
+    "fid.kid_mean": "KID (mean)",
+    "fid.precision": "precision",
+    "fid.recall": "recall",
+    "cas.cas_accuracy": "CAS: real test accuracy of a classifier trained on this set",
+    "cas.real_accuracy": "the same classifier trained on the real training split",
+    "cas.label_fidelity": "label fidelity: the judge agrees with the row's label",
+    "judge.test_accuracy": "the judge's accuracy on the real test split",
+    "memorization.near_copy_rate": "near copies: closer to train than 1% of test images",
+    "memorization.flagged": "flagged as copying training images",
+}
 
 
 def write_card(
@@ -234,7 +236,8 @@ def _scores_section(scores: Mapping[str, Any] | None) -> str:
             "its scores here.\n"
         )
     rows = []
-    for section, key, what in SCORE_KEYS:
+    for dotted, what in SCORE_KEYS.items():
+        section, key = dotted.split(".")
         value = (scores.get(section) or {}).get(key)
         if value is not None:
             rows.append((what, f"{value:.4g}" if isinstance(value, float) else value))
