@@ -1,7 +1,8 @@
 """The quality table: train and score the shipped configs, write docs/quality.md.
 
     .venv/bin/python bench/quality.py [--rows mnist-cvae,fashion-cvae,...] [--iwae-k 5000]
-        [--out runs/quality] [--min-confidence 0.9] [--doc docs/quality.md]
+        [--epochs N] [--out runs/quality] [--min-confidence 0.9] [--no-filter]
+        [--doc docs/quality.md]
 
 Each row is a shipped config under configs/, run through the public CLI exactly as a user runs
 it (`vaegen pipeline --config`), with `out` and the eval's IWAE K overridden. A conditional
@@ -9,7 +10,10 @@ row is also generated again through the judge filter (`vaegen generate --judge .
 --min-confidence P`) and scored (`vaegen eval --samples`). Rows already run are reused
 (the pipeline skips fresh stages), so an interrupted table resumes where it stopped.
 Every figure in the table comes from the runs' metrics.json; the published figures beside them
-are quoted from the papers and peers named in PUBLISHED.
+are quoted from the papers and peers named in PUBLISHED. The table holds every row measured into
+--out so far and replaces only the part of --doc between the BEGIN and END markers. `--epochs N`
+trains each row N epochs instead of its config's (rows `name@Nep`), for comparisons at equal
+epochs.
 """
 
 from __future__ import annotations
@@ -67,6 +71,8 @@ ROWS = (
         "Burda et al. 2016 Table 1, IWAE k=50: 84.78 nats",
     ),
     Row("mnist-dreg5", "mnist-dreg5.toml", "IWAE-DReG k=5", "Tucker et al. 2019"),
+    Row("mnist-perceptual", "mnist-perceptual.toml", "mnist.toml + feature perceptual loss (W=1)"),
+    Row("mnist-vaegan", "mnist-vaegan.toml", "mnist.toml + VAE-GAN (W=1)"),
     Row(
         "mnist-pythae",
         "mnist-pythae.toml",
@@ -74,6 +80,8 @@ ROWS = (
         "pytorch/examples VAE 96.7, Pythae VAE 97.6 nats (K=1000, this machine)",
     ),
 )
+
+BEGIN, END = "<!-- quality-table: begin (bench/quality.py) -->", "<!-- quality-table: end -->"
 
 PUBLISHED = """\
 - Burda, Grosse, Salakhutdinov 2016, *Importance Weighted Autoencoders*, Table 1 (MNIST, one
@@ -99,17 +107,25 @@ def _run(cmd: list[str], log: Path) -> float:
     return time.perf_counter() - started
 
 
-def _write_config(row: Row, out: Path, iwae_k: int) -> Path:
+def row_name(row: Row, epochs: int | None) -> str:
+    """A row's name in the table; `name@Nep` when --epochs overrides the config's."""
+    return row.name if epochs is None else f"{row.name}@{epochs}ep"
+
+
+def _write_config(row: Row, out: Path, args: argparse.Namespace) -> Path:
+    name = row_name(row, args.epochs)
     raw = tomllib.loads((ROOT / "configs" / row.config).read_text())
-    raw["out"] = str(out / row.name)
-    raw.setdefault("eval", {})["iwae_k"] = iwae_k
+    raw["out"] = str(out / name)
+    raw.setdefault("eval", {})["iwae_k"] = args.iwae_k
+    if args.epochs is not None:
+        raw["train"]["epochs"] = args.epochs
     if "data_dir" in raw.get("train", {}):
         raw["train"]["data_dir"] = str(Path(raw["train"]["data_dir"]).resolve())
     lines = [f'out = "{raw.pop("out")}"']
     for section, values in raw.items():
         lines.append(f"\n[{section}]")
         lines += [f"{key} = {json.dumps(value)}" for key, value in values.items()]
-    path = out / f"{row.name}.toml"
+    path = out / f"{name}.toml"
     path.write_text("\n".join(lines) + "\n")
     return path
 
@@ -159,21 +175,40 @@ def _train_seconds(run: Path) -> float | None:
 def run_row(row: Row, args: argparse.Namespace) -> dict[str, Any]:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    log = out / f"{row.name}.log"
-    config = _write_config(row, out, args.iwae_k)
+    name = row_name(row, args.epochs)
+    log = out / f"{name}.log"
+    config = _write_config(row, out, args)
     wall = _run([*VAEGEN, "pipeline", "--config", str(config)], log)
-    row_out = out / row.name
+    row_out = out / name
     metrics = json.loads((row_out / "report" / "metrics.json").read_text())
     train = tomllib.loads(config.read_text())["train"]
-    result = {"row": row.name, "metrics": metrics, "pipeline_seconds": wall}
+    result = {"row": name, "base": row.name, "metrics": metrics, "pipeline_seconds": wall}
+    result["command"] = _command(row, args)
     result["train_seconds"] = _train_seconds(row_out / "run")
     if metrics["run"]["model"] == "cvae" and not args.no_filter:
         data_dir = str(train.get("data_dir", SHARED / train["dataset"]))
         judge = _judge(train["dataset"], data_dir, out, log)
         filtered = _filtered(row_out, train, judge, args, log)
         result["filtered"] = json.loads((filtered / "metrics.json").read_text())
-    (out / f"{row.name}.json").write_text(json.dumps(result, indent=2))
+    (out / f"{name}.json").write_text(json.dumps(result, indent=2))
     return result
+
+
+def _command(row: Row, args: argparse.Namespace) -> str:
+    cmd = f".venv/bin/python bench/quality.py --rows {row.name} --iwae-k {args.iwae_k}"
+    if args.epochs is not None:
+        cmd += f" --epochs {args.epochs}"
+    return cmd + (" --no-filter" if args.no_filter else f" --min-confidence {args.min_confidence}")
+
+
+def load_results(out: Path) -> list[dict[str, Any]]:
+    """Every row measured into `out` so far (this run's and earlier ones'), in ROWS order."""
+    order = {r.name: i for i, r in enumerate(ROWS)}
+    results = [json.loads(p.read_text()) for p in sorted(out.glob("*.json"))]
+    results = [r for r in results if r.get("row") and "metrics" in r]
+    for res in results:  # rows written before the table kept a "base" and "command"
+        res.setdefault("base", res["row"].split("@")[0])
+    return sorted(results, key=lambda r: (order.get(r["base"], len(order)), r["row"]))
 
 
 def _fmt(value: Any, digits: int = 3) -> str:
@@ -233,19 +268,23 @@ def _machine() -> str:
     return f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}"
 
 
+def _row_note(res: dict[str, Any], rows: dict[str, Row]) -> str:
+    row = rows.get(res["base"])
+    if row is None:
+        return f"- **{res['row']}**"
+    note = f"- **{res['row']}**: {row.note}."
+    return note + (f" Published: {row.published}." if row.published else "")
+
+
 def write_doc(results: list[dict[str, Any]], args: argparse.Namespace) -> None:
     rows = {r.name: r for r in ROWS}
-    notes = "\n".join(
-        f"- **{res['row']}**: {rows[res['row']].note}."
-        + (f" Published: {rows[res['row']].published}." if rows[res["row"]].published else "")
-        for res in results
-    )
-    cmd = f".venv/bin/python bench/quality.py --rows {','.join(r['row'] for r in results)}"
-    cmd += f" --iwae-k {args.iwae_k} --min-confidence {args.min_confidence}"
+    notes = "\n".join(_row_note(res, rows) for res in results)
+    cmds = "\n".join(res.get("command") or f"(row {res['row']})" for res in results)
     text = (
         "# Quality table\n\n"
-        f"Measured {time.strftime('%Y-%m-%d')} on {_machine()}, no GPU. Reproduce with:\n\n"
-        f"```\n{cmd}\n```\n\n"
+        f"Written {time.strftime('%Y-%m-%d')} on {_machine()}, no GPU, from every row in"
+        f" `{args.out}`. Reproduce each row with:\n\n"
+        f"```\n{cmds}\n```\n\n"
         f"{_table(results)}\n\n"
         "IWAE NLL on the MNIST test set binarized once under seed 0 (`../shared/data/README.md`)"
         " for Bernoulli models; judge-based figures (FID, precision/recall, CAS, label fidelity)"
@@ -254,8 +293,20 @@ def write_doc(results: list[dict[str, Any]], args: argparse.Namespace) -> None:
         f" {args.min_confidence}`.\n\n"
         f"## Rows\n\n{notes}\n\n## Published figures for the same settings\n\n{PUBLISHED}"
     )
-    Path(args.doc).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.doc).write_text(text)
+    _write_between_markers(Path(args.doc), text)
+
+
+def _write_between_markers(doc: Path, text: str) -> None:
+    """Replace the doc's generated part (between the markers) and keep its written analysis."""
+    block = f"{BEGIN}\n{text}\n{END}\n"
+    old = doc.read_text() if doc.is_file() else ""
+    if BEGIN in old and END in old:
+        head, rest = old.split(BEGIN, 1)
+        block = head + block + rest.split(END, 1)[1].lstrip("\n")
+    doc.parent.mkdir(parents=True, exist_ok=True)
+    tmp = doc.with_name(doc.name + ".tmp")
+    tmp.write_text(block)
+    tmp.replace(doc)
 
 
 def main() -> None:
@@ -266,17 +317,19 @@ def main() -> None:
     parser.add_argument("--out", default=str(ROOT / "runs" / "quality"))
     parser.add_argument("--doc", default=str(ROOT / "docs" / "quality.md"))
     parser.add_argument("--no-filter", action="store_true", help="Skip the filtered datasets.")
+    parser.add_argument(
+        "--epochs", type=int, default=None, help="Train every row this long (rows `name@Nep`)."
+    )
     args = parser.parse_args()
     known = {r.name: r for r in ROWS}
     names = [n for n in args.rows.split(",") if n]
     unknown = [n for n in names if n not in known]
     if unknown:
         raise SystemExit(f"unknown rows {unknown}; known: {', '.join(known)}")
-    results = []
     for name in names:
         print(f"[{name}] running", flush=True)
-        results.append(run_row(known[name], args))
-        write_doc(results, args)
+        run_row(known[name], args)
+        write_doc(load_results(Path(args.out)), args)
         print(f"[{name}] done", flush=True)
     print(Path(args.doc).read_text())
 

@@ -63,12 +63,8 @@ class JudgeFeatureExtractor(FeatureExtractorBase):
 
     @staticmethod
     def get_default_feature_layer_for_metric(metric: str) -> str:
-        return {
-            "isc": FEATURE_LOGITS,
-            "fid": FEATURE_PENULTIMATE,
-            "kid": FEATURE_PENULTIMATE,
-            "prc": FEATURE_PENULTIMATE,
-        }[metric]
+        # torch-fidelity asks for isc, fid, kid and prc: only the Inception score uses logits.
+        return FEATURE_LOGITS if metric == "isc" else FEATURE_PENULTIMATE
 
     @staticmethod
     def can_be_compiled() -> bool:

@@ -92,7 +92,7 @@ FORMATS: dict[str, DatasetFormat] = {
 
 
 def schema_metadata(
-    image_shape: Sequence[int],
+    image_shape: tuple[int, ...],
     encoding: str,
     class_names: Sequence[str],
     extra: Mapping[str, str] | None = None,
@@ -108,7 +108,7 @@ def schema_metadata(
         "class_names": list(class_names),
     }
     # `datasets` reads {"info": {"features": Features.to_dict()}}, dumped as it dumps it.
-    hf = {"info": {"features": hf_features(image_shape, encoding, class_names, extra)}}
+    hf = {"info": {"features": hf_features(image_shape, encoding, class_names, extra=extra)}}
     return {SCHEMA_KEY: json.dumps(meta).encode(), HF_SCHEMA_KEY: json.dumps(hf).encode()}
 
 
@@ -125,6 +125,7 @@ def hf_features(
     image_shape: Sequence[int],
     encoding: str,
     class_names: Sequence[str],
+    *,
     extra: Mapping[str, str] | None = None,
 ) -> dict[str, dict]:
     """A parquet shard's columns as `datasets.Features.to_dict()` gives them.

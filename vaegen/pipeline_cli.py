@@ -47,9 +47,9 @@ def _summary_table(report_dir: Path) -> str:
 def pipeline(
     config: Path = typer.Option(..., help="Pipeline TOML (see configs/)."),
     force: bool = typer.Option(False, help="Rerun every stage, even up-to-date ones."),
-    ray_address: str | None = RAY_ADDRESS_OPTION,
     metrics_port: int | None = METRICS_PORT_OPTION,
     metrics_host: str = METRICS_HOST_OPTION,
+    ray_address: str | None = RAY_ADDRESS_OPTION,
 ) -> None:
     """Run train -> export -> generate -> eval; skips stages whose output matches the config."""
     from vaegen.pipeline import load_config, run_pipeline

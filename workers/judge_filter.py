@@ -89,11 +89,11 @@ def filter_shard(
     shard = FilteredShard(
         ids=ids,
         labels=labels,
+        drawn=np.bincount(per_class, minlength=len(classes)),
+        accepted=np.bincount(per_class[passed], minlength=len(classes)),
         images=images,
         confidence=confidence,
         classes=classes,
-        drawn=np.bincount(per_class, minlength=len(classes)),
-        accepted=np.bincount(per_class[passed], minlength=len(classes)),
         filled=passed,
         seconds=list(seconds),
     )
