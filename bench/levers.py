@@ -33,7 +33,6 @@ import numpy as np
 import torch
 
 from eval.samples import sample_from_decoder
-from trainer import label_head
 from trainer.config import LossConfig, ModelConfig
 from trainer.datasets import dataset_fingerprint, load_dataset
 from trainer.inputs import binarize_fixed, scale
@@ -49,7 +48,7 @@ BASES: dict[str, tuple[dict[str, Any], dict[str, Any], dict[str, Any]]] = {
     ),
     "digits": ({"model": "cvae"}, {}, {"lr": 1e-3, "batch_size": 128, "binarize": False}),
 }
-TRAIN_KEYS = {"lr": float, "batch_size": int, "epochs": int, "grey_head": int, "head_shift": int}
+TRAIN_KEYS = {"lr": float, "batch_size": int, "epochs": int, "grey_head": int}
 
 # name -> overrides of (model, loss, train); one lever each.
 LEVERS: dict[str, tuple[dict[str, Any], dict[str, Any], dict[str, Any]]] = {
@@ -116,7 +115,6 @@ def train_model(
     `probe(model)` (label fidelity) runs after every epoch with `train["probe_every"]` > 0."""
     torch.manual_seed(0)
     gen = torch.Generator().manual_seed(1)
-    label_head.SHIFT_PIXELS = train.get("head_shift", label_head.SHIFT_PIXELS)
     model = build_model(model_cfg)
     opt = torch.optim.Adam(model.parameters(), lr=train["lr"])
     x_all = torch.from_numpy(data["train_x"])

@@ -50,6 +50,7 @@ class ModelConfig:
     gaussian_std: float = flag(0.1, "Fixed (or initial) decoder std.")
     prior: str = flag("standard", "standard N(0, I), or class: a learned p(z|y) (cvae only).")
     label_head: bool = flag(False, "Train a classifier to keep prior samples on label (cvae).")
+    label_shift: int = flag(0, "Label head: shift its real images up to this many pixels.")
     classifier: bool = False  # M2's q(y|x), set by --labels-per-class (trainer/semisupervised.py)
 
     def __post_init__(self) -> None:
@@ -62,6 +63,8 @@ class ModelConfig:
             raise VaegenError("--prior class and --label-head need --model cvae")
         if self.latent_dim < 1:
             raise VaegenError(f"--latent-dim must be >= 1; got {self.latent_dim}")
+        if self.label_shift < 0 or (self.label_shift and not self.label_head):
+            raise VaegenError(f"--label-shift needs --label-head and >= 0; got {self.label_shift}")
         if len(self.image_shape) != 3 or min(self.image_shape) < 1:
             raise VaegenError(f"image shape must be (C, H, W), positive: {self.image_shape}")
         if self.conditional and self.num_classes < 2:

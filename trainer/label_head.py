@@ -16,9 +16,6 @@ from torch.func import functional_call
 from trainer.config import ModelConfig
 
 CHANNELS = (16, 32)
-# Real images shift by up to this many pixels each way: a head that has seen shifted digits is
-# harder for the decoder to satisfy with off-manifold strokes.
-SHIFT_PIXELS = 0
 
 
 def random_shift(x: torch.Tensor, pixels: int) -> torch.Tensor:
@@ -46,6 +43,9 @@ class LabelClassifier(nn.Module):
             c, h, w = out_ch, (h - 1) // 2 + 1, (w - 1) // 2 + 1
         layers += [nn.Flatten(), nn.Linear(c * h * w, cfg.num_classes)]
         self.net = nn.Sequential(*layers)
+        # Real images shift by up to this many pixels each way (--label-shift): a head that has
+        # seen shifted digits is harder for the decoder to satisfy with off-manifold strokes.
+        self.shift = cfg.label_shift
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
@@ -53,7 +53,7 @@ class LabelClassifier(nn.Module):
     def loss(self, real: torch.Tensor, fake: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Per-sample CE on real images (trains this net) + CE on decoded ones (trains the
         decoder only: the weights are detached for that call), [B]."""
-        ce_real = F.cross_entropy(self(random_shift(real, SHIFT_PIXELS)), y, reduction="none")
+        ce_real = F.cross_entropy(self(random_shift(real, self.shift)), y, reduction="none")
         frozen = {name: p.detach() for name, p in self.named_parameters()}
         ce_fake = F.cross_entropy(functional_call(self, frozen, (fake,)), y, reduction="none")
         return ce_real + ce_fake

@@ -196,6 +196,27 @@ def test_bad_prior_config_raises(kwargs: dict) -> None:
         ModelConfig(**kwargs)
 
 
+def test_label_shift_moves_the_heads_real_images_only() -> None:
+    """--label-shift: the head's CE on real images sees shifted copies; the config checks it."""
+    torch.manual_seed(0)
+    cfg = ModelConfig(model="cvae", hidden_dims=(16,), image_shape=(1, 8, 8), label_head=True)
+    x = torch.zeros(64, 1, 8, 8)
+    x[:, :, 3:5, 3:5] = 1.0  # a centred blob: any shift moves its pixels
+    shifted = ModelConfig(**{**cfg.to_dict(), "label_shift": 2})
+    head = build_model(shifted).label_head
+    seen = []
+    head.register_forward_pre_hook(lambda _m, args: seen.append(args[0].clone()))
+    head.loss(x, x, torch.zeros(64, dtype=torch.long))
+    real, fake = seen
+    assert not torch.equal(real, x) and real.sum(dim=(1, 2, 3)).min() > 0
+    torch.testing.assert_close(fake, x)  # decoded images are scored where they are
+    assert build_model(cfg).label_head.shift == 0
+    with pytest.raises(VaegenError, match="label-shift"):
+        ModelConfig(model="cvae", label_shift=2)
+    with pytest.raises(VaegenError, match="label-shift"):
+        ModelConfig(model="cvae", label_head=True, label_shift=-1)
+
+
 def test_vae_refuses_a_label_head() -> None:
     with pytest.raises(VaegenError, match="cvae"):
         ModelConfig(model="vae", label_head=True)
