@@ -280,10 +280,12 @@ def write_doc(results: list[dict[str, Any]], args: argparse.Namespace) -> None:
     rows = {r.name: r for r in ROWS}
     notes = "\n".join(_row_note(res, rows) for res in results)
     cmds = "\n".join(res.get("command") or f"(row {res['row']})" for res in results)
+    out = Path(args.out).resolve()
+    where = out.relative_to(ROOT) if out.is_relative_to(ROOT) else out
     text = (
-        "# Quality table\n\n"
+        "## The table\n\n"
         f"Written {time.strftime('%Y-%m-%d')} on {_machine()}, no GPU, from every row in"
-        f" `{args.out}`. Reproduce each row with:\n\n"
+        f" `{where}`. Reproduce each row with:\n\n"
         f"```\n{cmds}\n```\n\n"
         f"{_table(results)}\n\n"
         "IWAE NLL on the MNIST test set binarized once under seed 0 (`../shared/data/README.md`)"
@@ -291,7 +293,7 @@ def write_doc(results: list[dict[str, Any]], args: argparse.Namespace) -> None:
         " use the dataset's judge, whose own test accuracy is in the `judge acc.` column.\n"
         f"Label fidelity (filtered) is the dataset generated with `--min-confidence"
         f" {args.min_confidence}`.\n\n"
-        f"## Rows\n\n{notes}\n\n## Published figures for the same settings\n\n{PUBLISHED}"
+        f"### Rows\n\n{notes}\n\n### Published figures for the same settings\n\n{PUBLISHED}"
     )
     _write_between_markers(Path(args.doc), text)
 
