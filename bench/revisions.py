@@ -6,7 +6,7 @@ fresh `vaegen generate` process with its own local Ray. Prints each round, the m
 the ratio this tree / the revision. The job's own throughput is taken from its manifest
 (`execution.seconds`, Ray's start excluded), and the process wall time is printed beside it.
 
-    .venv/bin/python bench/revisions.py --rev 5e62cd4^    # before #16's metadata and card
+    .venv/bin/python bench/revisions.py --rev aa1ba62    # before #11's job split and #16
     .venv/bin/python bench/revisions.py --rev HEAD~3 --samples 200000 --rounds 5
 """
 
@@ -28,6 +28,14 @@ sys.path.insert(0, str(REPO / "bench"))
 
 from generate import build_model, export_decoder  # noqa: E402 - after the path is set
 
+# The venv's editable install would lend the revision any module it lacks (from this tree):
+# drop its finder, so each tree runs only its own code.
+_ENTRY = (
+    "import sys; sys.meta_path[:] = [f for f in sys.meta_path"
+    " if not getattr(f, '__module__', '').startswith('__editable__')];"
+    " from vaegen.cli import main; main()"
+)
+
 
 def _worktree(rev: str, parent: Path) -> Path:
     path = parent / "rev"
@@ -42,10 +50,12 @@ def _worktree(rev: str, parent: Path) -> Path:
 def _run(tree: Path, decoder: Path, out: Path, samples: int) -> tuple[float, float]:
     """(samples/s of the job from its manifest, process wall seconds) for one tree."""
     env = {**os.environ, "PYTHONPATH": str(tree)}  # the tree's packages before the venv's
-    cmd = [sys.executable, "-c", "from vaegen.cli import main; main()", "generate"]
+    cmd = [sys.executable, "-c", _ENTRY, "generate"]
     cmd += [str(decoder), "--num-samples", str(samples), "--out", str(out), "--overwrite"]
     t0 = time.perf_counter()
-    subprocess.run(cmd, check=True, cwd=tree, env=env, capture_output=True)
+    proc = subprocess.run(cmd, cwd=tree, env=env, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"{tree}: generate exited {proc.returncode}:\n{proc.stderr[-2000:]}")
     wall = time.perf_counter() - t0
     execution = json.loads((out / "manifest.json").read_text())["execution"]
     rate = execution["generated_samples"] / execution["seconds"]
