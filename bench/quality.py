@@ -30,6 +30,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from vaegen.atomic import write_bytes_atomic
+
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
 VAEGEN = [str(Path(sys.executable).with_name("vaegen"))]
@@ -206,7 +208,7 @@ def load_results(out: Path) -> list[dict[str, Any]]:
     order = {r.name: i for i, r in enumerate(ROWS)}
     results = [json.loads(p.read_text()) for p in sorted(out.glob("*.json"))]
     results = [r for r in results if r.get("row") and "metrics" in r]
-    for res in results:  # rows written before the table kept a "base" and "command"
+    for res in results:  # rows measured before "base" was recorded
         res.setdefault("base", res["row"].split("@")[0])
     return sorted(results, key=lambda r: (order.get(r["base"], len(order)), r["row"]))
 
@@ -306,9 +308,7 @@ def _write_between_markers(doc: Path, text: str) -> None:
         head, rest = old.split(BEGIN, 1)
         block = head + block + rest.split(END, 1)[1].lstrip("\n")
     doc.parent.mkdir(parents=True, exist_ok=True)
-    tmp = doc.with_name(doc.name + ".tmp")
-    tmp.write_text(block)
-    tmp.replace(doc)
+    write_bytes_atomic(doc, block.encode())
 
 
 def main() -> None:

@@ -8,13 +8,13 @@ M2 (trainer/semisupervised.py) replaces the batch's ELBO by its labeled and unla
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
 from trainer.adversarial import Adversary
 from trainer.config import TrainConfig
-from trainer.corruption import parse_corruption
+from trainer.corruption import Corruption, parse_corruption
 from trainer.models import VAEOutput, label_loss
 from trainer.objectives import objective_loss
 from trainer.perceptual import PerceptualLoss
@@ -31,6 +31,10 @@ class Parts:
     perceptual: PerceptualLoss | None = None
     adversary: Adversary | None = None
     semi: SemiSupervised | None = None
+    corruption: Corruption | None = field(init=False)  # parsed once, not per batch
+
+    def __post_init__(self) -> None:
+        self.corruption = parse_corruption(self.train_cfg.loss.corrupt)
 
 
 def model_inputs(
@@ -42,10 +46,10 @@ def model_inputs(
     return grey, x
 
 
-def _batch(images: torch.Tensor, train_cfg: TrainConfig, gen: torch.Generator | None) -> Batch:
+def _batch(images: torch.Tensor, parts: Parts, gen: torch.Generator | None) -> Batch:
     grey, x = model_inputs(images, gen)
-    corruption = parse_corruption(train_cfg.loss.corrupt)
     # Denoising: the encoder sees a corrupted copy, the likelihood scores x itself.
+    corruption = parts.corruption
     return Batch(corruption.apply(x) if corruption is not None else x, x, grey)
 
 
@@ -106,11 +110,11 @@ def train_step(
 ) -> None:
     """One optimizer step of the VAE (then of the discriminator, for a VAE-GAN)."""
     cfg = parts.train_cfg
-    batch = _batch(images, cfg, binarize_gen)
+    batch = _batch(images, parts, binarize_gen)
     fakes = None
     if parts.semi is not None:  # M2: `labels` are hidden; a labeled batch comes from the pool
         x_l, y_l = parts.semi.labeled_batch()
-        labeled = _batch(x_l, cfg, binarize_gen)
+        labeled = _batch(x_l, parts, binarize_gen)
         weight = cfg.loss.kl_weight(progress)
         extra = _perceptual_term(parts, tally)
         loss = parts.semi.loss(model, batch, labeled, y_l, weight, tally, extra)
