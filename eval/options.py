@@ -43,6 +43,9 @@ class EvalOptions:
     cache_dir: str | None = flag(
         None, "Judge cache (default $VAEGEN_CACHE/judges or ~/.cache/...)."
     )
+    judge: str | None = flag(
+        None, "A JUDGE folder from `vaegen judge`, used instead of the cache (same dataset)."
+    )
     # None: the judge's own default (eval.judge.JudgeSpec.steps), the judge `vaegen judge` writes
     judge_steps: int | None = flag(None, "Training steps of a judge not in the cache.", cli=False)
     kid_subsets: int = flag(100, "KID subsets.", cli=False)
@@ -59,6 +62,8 @@ class EvalOptions:
             raise VaegenError(f"--seed must be >= 0; got {self.seed}")
         if (self.judge_steps is not None and self.judge_steps < 1) or self.kid_subsets < 1:
             raise VaegenError("judge steps and KID subsets must be >= 1")
+        if self.judge is not None and not Path(self.judge).exists():
+            raise VaegenError(f"--judge {self.judge} is not a folder written by `vaegen judge`")
         if self.inception_weights is not None and not Path(self.inception_weights).is_file():
             raise VaegenError(f"--inception-weights {self.inception_weights} is not a file")
 

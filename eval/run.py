@@ -270,13 +270,14 @@ def _judge_step(ctx: _Context) -> Judge | None:
             real.class_names,
             ctx.device,
             cache_dir=opts.cache_dir,
+            artifact=opts.judge,
         )
     ctx.metrics["data"]["fingerprint"] = fingerprint
     ctx.metrics["judge"].update(
         path=str(judge.weights_path),
         cached=judge.cached,
         test_accuracy=judge.test_accuracy,
-        spec_hash=jspec.spec_hash(),
+        spec_hash=judge.spec.spec_hash(),
     )
     return judge
 

@@ -163,3 +163,25 @@ def test_eval_uses_the_artifact_and_refuses_another_datasets(artifact: Path, dig
         get_judge(spec, dataset_fingerprint("mnist"), *args, artifact=artifact)
     with pytest.raises(VaegenError, match="not a judge folder"):
         get_judge(spec, "x", *args, artifact=artifact.parent / "cache")
+
+
+def test_vaegen_eval_judge_scores_with_the_artifact(
+    artifact: Path, cvae_run: Path, tmp_path: Path
+) -> None:
+    from eval.cli import app as eval_app
+
+    out = tmp_path / "report"
+    args = [str(cvae_run), "--out", str(out), "--cas", "--num-samples", "200", "--device", "cpu"]
+    # An empty cache: the artifact is used, nothing is trained or written there.
+    cache = tmp_path / "empty-cache"
+    result = CliRunner().invoke(
+        eval_app, [*args, "--judge", str(artifact), "--cache-dir", str(cache)]
+    )
+    assert result.exit_code == 0, result.output
+    judge = json.loads((out / "metrics.json").read_text())["judge"]
+    config = json.loads((artifact / "judge.json").read_text())
+    assert judge["path"] == str(artifact / "judge.safetensors")
+    assert judge["test_accuracy"] == config["test_accuracy"]
+    assert not cache.exists() or not any(cache.iterdir())
+    missing = CliRunner().invoke(eval_app, [*args, "--judge", str(tmp_path / "nope")])
+    assert missing.exit_code == 2 and "--judge" in missing.output.strip().splitlines()[-1]
