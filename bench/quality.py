@@ -73,8 +73,16 @@ ROWS = (
         "Burda et al. 2016 Table 1, IWAE k=50: 84.78 nats",
     ),
     Row("mnist-dreg5", "mnist-dreg5.toml", "IWAE-DReG k=5", "Tucker et al. 2019"),
-    Row("mnist-perceptual", "mnist-perceptual.toml", "mnist.toml + feature perceptual loss (W=1)"),
+    Row(
+        "mnist-perceptual", "mnist-perceptual.toml", "mnist.toml + feature perceptual loss (W=0.3)"
+    ),
     Row("mnist-vaegan", "mnist-vaegan.toml", "mnist.toml + VAE-GAN (W=1)"),
+    Row(
+        "mnist-m2",
+        "mnist-m2.toml",
+        "semi-supervised M2 from 10 labels per class (100 labels)",
+        "Kingma et al. 2014 Table 1, M2 with 100 labels: 11.97% test error",
+    ),
     Row(
         "mnist-pythae",
         "mnist-pythae.toml",
@@ -187,12 +195,14 @@ def run_row(row: Row, args: argparse.Namespace) -> dict[str, Any]:
     result = {"row": name, "base": row.name, "metrics": metrics, "pipeline_seconds": wall}
     result["command"] = _command(row, args)
     result["train_seconds"] = _train_seconds(row_out / "run")
+    result["machine"] = f"{time.strftime('%Y-%m-%d')}, {_machine()}"
     if metrics["run"]["model"] == "cvae" and not args.no_filter:
         data_dir = str(train.get("data_dir", SHARED / train["dataset"]))
         judge = _judge(train["dataset"], data_dir, out, log)
         filtered = _filtered(row_out, train, judge, args, log)
         result["filtered"] = json.loads((filtered / "metrics.json").read_text())
     (out / f"{name}.json").write_text(json.dumps(result, indent=2))
+    _keep(result, Path(args.doc))
     return result
 
 
@@ -203,10 +213,29 @@ def _command(row: Row, args: argparse.Namespace) -> str:
     return cmd + (" --no-filter" if args.no_filter else f" --min-confidence {args.min_confidence}")
 
 
-def load_results(out: Path) -> list[dict[str, Any]]:
-    """Every row measured into `out` so far (this run's and earlier ones'), in ROWS order."""
+def _archive(doc: Path) -> Path:
+    """Where each measured row's result is kept beside the doc, committed: a fresh clone's table
+    keeps the rows measured by earlier sessions (on other machines, each row says which)."""
+    return doc.parent / "quality-rows"
+
+
+def _keep(result: dict[str, Any], doc: Path) -> None:
+    archive = _archive(doc)
+    archive.mkdir(parents=True, exist_ok=True)
+    text = json.dumps(result, indent=1) + "\n"
+    write_bytes_atomic(archive / f"{result['row']}.json", text.encode())
+
+
+def load_results(out: Path, doc: Path) -> list[dict[str, Any]]:
+    """Every row measured so far, in ROWS order: the archive beside `doc`, then `out`'s rows
+    (this run's and earlier ones'), which replace archived rows of the same name."""
     order = {r.name: i for i, r in enumerate(ROWS)}
-    results = [json.loads(p.read_text()) for p in sorted(out.glob("*.json"))]
+    paths = [*sorted(_archive(doc).glob("*.json")), *sorted(out.glob("*.json"))]
+    by_name = {}
+    for path in paths:
+        res = json.loads(path.read_text())
+        by_name[res.get("row")] = res
+    results = list(by_name.values())
     results = [r for r in results if r.get("row") and "metrics" in r]
     for res in results:  # rows measured before "base" was recorded
         res.setdefault("base", res["row"].split("@")[0])
@@ -243,19 +272,29 @@ COLUMNS = (
     ("label fid.", "cas.label_fidelity", 4),
     ("near-copy rate", "memorization.near_copy_rate", 4),
     ("judge acc.", "judge.test_accuracy", 4),
+    ("M2 classifier acc.", "classifier.test_accuracy", 4),
 )
 
 
 def _table(results: list[dict[str, Any]]) -> str:
-    head = ["row", *(c[0] for c in COLUMNS), "label fid. (filtered)", "train s"]
+    head = ["row", *(c[0] for c in COLUMNS), "label fid. (filtered)", "train s", "measured"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for res in results:
         cells = [res["row"]]
         cells += [_fmt(_get(res["metrics"], key), digits) for _, key, digits in COLUMNS]
         cells.append(_fmt(_get(res.get("filtered"), "cas.label_fidelity"), 4))
         cells.append(_fmt(res.get("train_seconds"), 0))
+        cells.append(_short_machine(res.get("machine")))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def _short_machine(machine: str | None) -> str:
+    """'2026-12-06, Intel Xeon' from a result's machine line (date, CPU, cores, Python)."""
+    if not machine:
+        return "—"
+    date, _, rest = machine.partition(", ")
+    return f"{date}, {rest.split(',')[0].replace('(R)', '').replace(' Processor', '')}"
 
 
 def _machine() -> str:
@@ -287,7 +326,8 @@ def write_doc(results: list[dict[str, Any]], args: argparse.Namespace) -> None:
     text = (
         "## The table\n\n"
         f"Written {time.strftime('%Y-%m-%d')} on {_machine()}, no GPU, from every row in"
-        f" `{where}`. Reproduce each row with:\n\n"
+        f" `{where}` and `docs/quality-rows/` (rows kept from earlier sessions; the `measured`"
+        " column says when and on which CPU). Reproduce each row with:\n\n"
         f"```\n{cmds}\n```\n\n"
         f"{_table(results)}\n\n"
         "IWAE NLL on the MNIST test set binarized once under seed 0 (`../shared/data/README.md`)"
@@ -331,7 +371,7 @@ def main() -> None:
     for name in names:
         print(f"[{name}] running", flush=True)
         run_row(known[name], args)
-        write_doc(load_results(Path(args.out)), args)
+        write_doc(load_results(Path(args.out), Path(args.doc)), args)
         print(f"[{name}] done", flush=True)
     print(Path(args.doc).read_text())
 

@@ -42,7 +42,8 @@ class JudgeSpec:
     max_shift: int = 2  # training images move by up to this many pixels (at most H/8, W/8)
     fc: int = 0  # features: 0 = global average pool of the last stage, else a layer this wide
     seed: int = 0
-    version: int = 2  # bump when JudgeNet or train_classifier change meaning
+    version: int = 3  # bump when JudgeNet or train_classifier change meaning (3: shifts only
+    # into blank margins, none for data that fills its frame: eval.judge.dataset_shift)
 
     def __post_init__(self) -> None:
         if len(self.image_shape) != 3 or min(self.image_shape) < 1:

@@ -37,9 +37,19 @@ def _shift_of(image: torch.Tensor, moved: torch.Tensor, s: int) -> tuple[int, in
     return None
 
 
+def _framed(n: int, c: int, size: int, margin: int, seed: int = 0) -> torch.Tensor:
+    """Random non-zero content with `margin` blank pixels on every side."""
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.zeros(n, c, size, size, dtype=torch.uint8)
+    inner = size - 2 * margin
+    x[..., margin : size - margin, margin : size - margin] = torch.randint(
+        1, 256, (n, c, inner, inner), generator=gen, dtype=torch.uint8
+    )
+    return x
+
+
 def test_shift_images_translates_each_image_within_max_shift() -> None:
-    gen = torch.Generator().manual_seed(0)
-    x = torch.randint(1, 256, (64, 1, 28, 28), generator=gen, dtype=torch.uint8)
+    x = _framed(64, 1, 28, margin=4)  # MNIST-like: a 4-pixel blank border
     moved = shift_images(x, 2, torch.Generator().manual_seed(1))
     assert moved.dtype == torch.uint8 and moved.shape == x.shape
     shifts = [_shift_of(x[i], moved[i], 2) for i in range(len(x))]
@@ -49,14 +59,25 @@ def test_shift_images_translates_each_image_within_max_shift() -> None:
 
 
 def test_shift_is_capped_at_an_eighth_of_the_image() -> None:
-    x = torch.randint(1, 256, (200, 3, 8, 8), generator=torch.Generator().manual_seed(0)).to(
-        torch.uint8
-    )
+    x = _framed(200, 3, 8, margin=2)
     moved = shift_images(x, 2, torch.Generator().manual_seed(1))
     shifts = {_shift_of(x[i], moved[i], 1) for i in range(len(x))}
     assert None not in shifts and len(shifts) == 9  # every (dy, dx) in [-1, 1]^2
     tiny = torch.ones(4, 1, 7, 7, dtype=torch.uint8)
     assert torch.equal(shift_images(tiny, 2, torch.Generator()), tiny)  # 7 // 8 == 0: none
+
+
+def test_shift_never_cuts_content_off() -> None:
+    """Images that fill their frame stay put; one blank row or column allows one pixel."""
+    full = _framed(50, 1, 28, margin=0)
+    assert torch.equal(shift_images(full, 2, torch.Generator().manual_seed(0)), full)
+    x = torch.zeros(300, 1, 28, 28, dtype=torch.uint8)
+    x[:, :, 1:, :27] = torch.randint(1, 256, (300, 1, 27, 27), dtype=torch.uint8)
+    moved = shift_images(x, 2, torch.Generator().manual_seed(0))
+    shifts = {_shift_of(x[i], moved[i], 2) for i in range(len(x))}
+    # Content moves up by at most 1 (its blank top row), right by at most 1, never down or left.
+    assert shifts == {(0, 0), (-1, 0), (0, 1), (-1, 1)}
+    assert torch.equal(moved.sum((1, 2, 3), dtype=torch.int64), x.sum((1, 2, 3), dtype=torch.int64))
 
 
 def test_all_cores_restores_the_thread_count() -> None:
