@@ -14,7 +14,6 @@ from typing import IO, Any
 
 from trainer.checkpoint import save_model
 from trainer.config import ModelConfig, TrainConfig, check_compatible
-from trainer.perceptual import judge_payload, resolve_judge
 from trainer.resume import check_same_run, record_run
 from trainer.timeline import (
     TIMELINE_FILE,
@@ -68,22 +67,28 @@ def _forward_metrics_callback(queue: Any) -> Any:
 
 
 def _torch_trainer() -> type:
-    """TorchTrainer without Ray's PlacementGroupCleaner.
+    """TorchTrainer without Ray's PlacementGroupCleaner and Ray Data callbacks.
 
     The cleaner is a detached actor (one more process to start) that asks the State API, served
     by the dashboard vaegen does not start, whether the controller lives: each ask waits out a
     10 s timeout, and stopping it at the end of every run waited for one (12 s of the fixed
-    time). A job's placement groups are removed with its driver anyway.
+    time). A job's placement groups are removed with its driver anyway. The datasets callback
+    serves `ray.train.get_dataset_shard`, which vaegen does not use (its data travels as one
+    object-store reference): without it, the controller and the workers do not import Ray Data
+    and no DatasetManager actor starts.
     """
     from ray.train.torch import TorchTrainer
+    from ray.train.v2._internal.callbacks.datasets import DatasetsCallback
     from ray.train.v2._internal.callbacks.placement_group_callback import (
         PlacementGroupCleanerCallback,
     )
 
+    unused = (PlacementGroupCleanerCallback, DatasetsCallback)
+
     class Trainer(TorchTrainer):
         def _create_default_callbacks(self) -> list:
             callbacks = super()._create_default_callbacks()
-            return [c for c in callbacks if not isinstance(c, PlacementGroupCleanerCallback)]
+            return [c for c in callbacks if not isinstance(c, unused)]
 
     return Trainer
 
@@ -113,11 +118,22 @@ def train(
     """Train on Ray and write RUN/{model,checkpoints,train_log.jsonl}; one job per RUN."""
     timeline = Timeline()
     timeline.mark("train() called")
+    _start_imports()
     run_dir = Path(out).resolve()
     with hold_directory(run_dir, "vaegen train"):
         return _train_locked(
             model_cfg, train_cfg, run_dir, resume, ray_address, show_progress, timeline
         )
+
+
+def _start_imports() -> None:
+    """Import torch and the training modules on a thread while this one checks the inputs and
+    starts Ray: each takes seconds. A later import of them here waits for the thread's."""
+
+    def work() -> None:
+        import trainer.loop  # noqa: F401 - torch, the models, the step
+
+    threading.Thread(target=work, name="vaegen-imports", daemon=True).start()
 
 
 def _train_locked(
@@ -131,7 +147,10 @@ def _train_locked(
 ) -> TrainResult:
     _check_resume(run_dir, resume)
     # The judge of --perceptual-weight, found and hashed here: a resume must use the same one.
-    train_cfg = resolve_judge(model_cfg, train_cfg)
+    if train_cfg.loss.perceptual_weight > 0:  # (its module imports torch: only when needed)
+        from trainer.perceptual import resolve_judge
+
+        train_cfg = resolve_judge(model_cfg, train_cfg)
     if resume:
         check_same_run(run_dir, model_cfg, train_cfg)  # before Ray: exit 2 naming the field
     splits = _load_splits(model_cfg, train_cfg)
@@ -232,6 +251,7 @@ def _object_refs(
 
     from trainer.inputs import evaluation_inputs
     from trainer.loop import pack_data
+    from trainer.perceptual import judge_payload
     from trainer.semisupervised import hide_labels
 
     train_set, test_set = splits
