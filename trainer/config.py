@@ -187,11 +187,15 @@ class TrainConfig:
         None, "Global batch size (split across workers); default 128, 32 on digits."
     )
     lr: float = flag(1e-3, "Adam learning rate.")
-    workers: int = flag(0, "Ray Train workers (DDP); 0: one per node, or per GPU with --gpu.")
+    workers: int = flag(
+        0,
+        "Ray Train worker actors (DDP); 0: one per node, or per GPU with --gpu; with no cluster "
+        "to join, one worker in this process.",
+    )
     gpu: bool = flag(False, "One GPU per worker.")
     seed: int = flag(0, "Random seed.")
     keep_checkpoints: int = 3
-    max_failures: int = flag(3, "Worker failures survived, from checkpoints.")
+    max_failures: int = flag(3, "Worker failures (or failed in-process attempts) survived.")
     labels_per_class: int | None = flag(
         None, "Semi-supervised M2: keep this many labels per class (seeded), hide the rest."
     )

@@ -2,11 +2,15 @@
 
 Every worker calls `ray.train.report` once per epoch; rank 0 attaches the checkpoint
 (unwrapped weights, optimizer state, epoch). After a worker failure Ray Train restarts the group
-and `ray.train.get_checkpoint()` hands back the latest checkpoint.
+and `ray.train.get_checkpoint()` hands back the latest checkpoint. In process (Ray Train's local
+mode, trainer/inprocess.py), rank 0 writes each checkpoint under RUN/checkpoints/local/ itself and
+puts its metrics on the driver's queue; a restart resumes from config["resume_from"].
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import json
 import os
 import tempfile
@@ -21,6 +25,7 @@ from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 from trainer.adversarial import Adversary
 from trainer.collapse import latent_metrics
 from trainer.config import ModelConfig, TrainConfig
+from trainer.inprocess import save_checkpoint
 from trainer.models import VAE, build_model
 from trainer.perceptual import perceptual_loss
 from trainer.semisupervised import SemiSupervised, classifier_correct
@@ -89,7 +94,7 @@ def _load_checkpoint(directory: Path, model: VAE, parts: Parts) -> int:
     parts.optimizer.load_state_dict(optimizer_state)
     if parts.adversary is not None:
         parts.adversary.load(directory)
-    return int(json.loads((directory / CHECKPOINT_STATE).read_text())["epoch"]) + 1
+    return _checkpoint_epoch(directory) + 1
 
 
 def _loaders(
@@ -111,7 +116,12 @@ def _loaders(
 
 
 def _report(
-    rank: int, model: VAE, parts: Parts, metrics: dict[str, Any], events: dict[str, float]
+    config: dict[str, Any],
+    rank: int,
+    model: VAE,
+    parts: Parts,
+    metrics: dict[str, Any],
+    events: dict[str, float],
 ) -> dict[str, float]:
     """Report one epoch; rank 0 attaches the checkpoint and its timeline steps so far.
 
@@ -124,12 +134,30 @@ def _report(
         ray.train.report(metrics)
         return events
     epoch = metrics["epoch"]
+    state = {"epoch": epoch, "metrics": metrics}
+    if config.get("local_checkpoints"):  # in process: Ray's local mode keeps no checkpoint
+        keep = TrainConfig.from_dict(config["train"]).keep_checkpoints
+        root = Path(config["local_checkpoints"])
+        write = functools.partial(_save_checkpoint, model=model, parts=parts, state=state)
+        kept = save_checkpoint(root, epoch, write, keep)
+        events[f"epoch {epoch} checkpoint written"] = time.time()
+        sent = {**metrics, TIMELINE_KEY: events}
+        ray.train.report(sent, checkpoint=Checkpoint.from_directory(kept))
+        config["epoch_queue"].put(sent)  # what the Ray path's controller callback forwards
+        return {f"epoch {epoch} report returned": time.time()}
     with tempfile.TemporaryDirectory(prefix="vaegen-ckpt-") as tmp:
-        _save_checkpoint(Path(tmp), model, parts, {"epoch": epoch, "metrics": metrics})
+        _save_checkpoint(Path(tmp), model, parts, state)
         events[f"epoch {epoch} checkpoint written"] = time.time()
         sent = {**metrics, TIMELINE_KEY: events}
         ray.train.report(sent, checkpoint=Checkpoint.from_directory(tmp))
     return {f"epoch {epoch} report returned": time.time()}
+
+
+def _fetch(value: Any) -> Any:
+    """A Ray object reference's value (Ray workers), or the value itself (in process)."""
+    import ray
+
+    return ray.get(value) if isinstance(value, ray.ObjectRef) else value
 
 
 def _build(
@@ -140,15 +168,13 @@ def _build(
     world: int,
 ) -> tuple[VAE, Parts]:
     """The model and what trains it: its optimizer and the run's optional terms."""
-    import ray
-
     model_cfg, train_cfg = cfgs
     model = build_model(model_cfg)
     if train_cfg.init_output_bias:  # a resumed run's checkpoint overwrites it below
         model.init_output_bias(torch.from_numpy(data[0].mean(0, dtype=np.float64) / 255.0))
     parts = Parts(torch.optim.Adam(model.parameters(), lr=train_cfg.lr), train_cfg)
-    if config.get("judge_ref") is not None:
-        parts.perceptual = perceptual_loss(ray.get(config["judge_ref"]), train_cfg)
+    if config.get("judge") is not None:
+        parts.perceptual = perceptual_loss(_fetch(config["judge"]), train_cfg)
     if train_cfg.loss.adversarial_weight > 0:
         parts.adversary = Adversary(model_cfg, train_cfg.loss)
     if train_cfg.semi_supervised:
@@ -157,18 +183,22 @@ def _build(
     return model, parts
 
 
-def _prepare(model: VAE, parts: Parts, world: int) -> tuple[torch.nn.Module, int]:
-    """Resume from Ray's checkpoint if there is one, then wrap the trained nets in DDP.
-
-    Returns the model to train and the first epoch to run."""
+def _prepare(
+    model: VAE, parts: Parts, world: int, resume_from: str | None
+) -> tuple[torch.nn.Module, int]:
+    """Resume from the newer of Ray's checkpoint and `resume_from` (the newest one the driver
+    found under RUN/checkpoints/, which a run of the other layout may have written), then wrap
+    the trained nets in DDP. Returns the model to train and the first epoch to run."""
     import ray.train
     import ray.train.torch
 
-    checkpoint = ray.train.get_checkpoint()
     start_epoch = 0
-    if checkpoint is not None:
-        with checkpoint.as_directory() as directory:
-            start_epoch = _load_checkpoint(Path(directory), model, parts)
+    checkpoint = ray.train.get_checkpoint()
+    with contextlib.ExitStack() as stack:
+        found = [Path(stack.enter_context(checkpoint.as_directory()))] if checkpoint else []
+        found += [Path(resume_from)] if resume_from else []
+        if found:
+            start_epoch = _load_checkpoint(max(found, key=_checkpoint_epoch), model, parts)
     if world == 1:
         return model, start_epoch
     if parts.adversary is not None:
@@ -176,8 +206,11 @@ def _prepare(model: VAE, parts: Parts, world: int) -> tuple[torch.nn.Module, int
     return ray.train.torch.prepare_model(model), start_epoch
 
 
+def _checkpoint_epoch(directory: Path) -> int:
+    return int(json.loads((directory / CHECKPOINT_STATE).read_text())["epoch"])
+
+
 def train_loop_per_worker(config: dict[str, Any]) -> None:
-    import ray
     import ray.train
 
     # Rank 0's steps, sent with each report for RUN/timeline.json (trainer/timeline.py).
@@ -190,11 +223,11 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     torch.set_num_threads(int(config.get("threads_per_worker", 1)) or node_cpus())
     torch.manual_seed(train_cfg.seed * 1000 + rank)
 
-    data = ray.get(config["data_ref"])
+    data = _fetch(config["data"])
     train_loader, test_loader = _loaders(data, train_cfg, rank, world)
     events["worker data ready"] = time.time()
     model, parts = _build(config, data, cfgs, rank, world)
-    ddp_model, start_epoch = _prepare(model, parts, world)
+    ddp_model, start_epoch = _prepare(model, parts, world, config.get("resume_from"))
     binarize_gen = None
     if train_cfg.binarize:
         binarize_gen = torch.Generator().manual_seed(train_cfg.seed * 7919 + rank)
@@ -213,7 +246,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         metrics["samples_per_s"] = train["n"] / max(train_seconds, 1e-9)
         metrics.update(latent_metrics(model, data[2], data[3], beta=train_cfg.loss.beta))
         metrics["epoch_seconds"] = time.perf_counter() - started
-        events = _report(rank, model, parts, metrics, events)
+        events = _report(config, rank, model, parts, metrics, events)
 
 
 def _epoch_metrics(

@@ -8,12 +8,14 @@ import os
 import shutil
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
 from trainer.checkpoint import save_model
 from trainer.config import ModelConfig, TrainConfig, check_compatible
+from trainer.inprocess import wanted
 from trainer.resume import check_same_run, record_run
 from trainer.timeline import (
     TIMELINE_FILE,
@@ -157,10 +159,15 @@ def _train_locked(
     ensure_writable_dir(run_dir)
     record_run(run_dir, model_cfg, train_cfg)
     timeline.mark("datasets loaded (driver)")
-    made = _make_trainer(model_cfg, train_cfg, run_dir, splits, ray_address, timeline)
-    trainer, queue, layout = made
+    # What runs the training (returning Ray Train's Result), the queue each epoch's metrics
+    # arrive on, and the worker layout (vaegen.raycluster.TrainLayout).
+    if wanted(ray_address, train_cfg.workers, train_cfg.gpu):
+        made = _in_process_run(model_cfg, train_cfg, run_dir, splits, timeline)
+    else:
+        made = _ray_run(model_cfg, train_cfg, run_dir, splits, ray_address, timeline)
+    run_fit, queue, layout = made
     bar = show_progress
-    result, last, epochs_run = _fit(trainer, queue, run_dir, train_cfg.epochs, bar, timeline)
+    result, last, epochs_run = _fit(run_fit, queue, run_dir, train_cfg.epochs, bar, timeline)
     timeline.mark("fit() returned")
     model_dir = run_dir / MODEL
     # config.json records the worker group this run used (train.workers: its size).
@@ -193,19 +200,66 @@ def _load_splits(model_cfg: ModelConfig, train_cfg: TrainConfig) -> tuple[Any, A
     return train_set, test_set
 
 
-def _make_trainer(
+def _in_process_run(
+    model_cfg: ModelConfig,
+    train_cfg: TrainConfig,
+    run_dir: Path,
+    splits: tuple[Any, Any],
+    timeline: Timeline,
+) -> tuple[Callable[[], Any], Any, Any]:
+    """One worker in this process (Ray Train's local mode; trainer/inprocess.py says why)."""
+    import queue
+
+    from trainer.inprocess import LOCAL_DIR, fit_in_process
+    from trainer.loop import train_loop_per_worker
+    from vaegen.raycluster import local_layout
+
+    layout = local_layout()
+    print(f"train layout: {layout.describe()}", flush=True)
+    timeline.mark("worker layout chosen")
+    epochs: queue.Queue = queue.Queue()
+    config = {
+        "model": model_cfg.to_dict(),
+        "train": train_cfg.to_dict(),
+        **_payload(model_cfg, train_cfg, splits, share=False),
+        "threads_per_worker": layout.threads,
+        "local_checkpoints": str(run_dir / CHECKPOINTS / LOCAL_DIR),
+        "epoch_queue": epochs,
+    }
+
+    def make_trainer(resume_from: str | None) -> Any:
+        from ray.train import ScalingConfig
+
+        return _torch_trainer()(
+            train_loop_per_worker,
+            train_loop_config={**config, "resume_from": resume_from},
+            scaling_config=ScalingConfig(num_workers=0),
+        )
+
+    def run_fit() -> Any:
+        checkpoints = run_dir / CHECKPOINTS
+        return fit_in_process(make_trainer, checkpoints, train_cfg.max_failures, _say)
+
+    return run_fit, epochs, layout
+
+
+def _say(line: str) -> None:
+    print(line, flush=True)
+
+
+def _ray_run(
     model_cfg: ModelConfig,
     train_cfg: TrainConfig,
     run_dir: Path,
     splits: tuple[Any, Any],
     ray_address: str | None,
     timeline: Timeline,
-) -> tuple[Any, Any, Any]:
-    """Start Ray; returns the TorchTrainer, the queue its callback sends each epoch to, and the
-    worker layout (vaegen.raycluster.TrainLayout)."""
+) -> tuple[Callable[[], Any], Any, Any]:
+    """Start (or join) Ray and build the TorchTrainer of the layout's worker actors."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig
     from ray.util.queue import Queue
 
+    from trainer.inprocess import latest_checkpoint
     from trainer.loop import train_loop_per_worker
     from vaegen.raycluster import cluster_layout, init_ray
 
@@ -220,16 +274,18 @@ def _make_trainer(
     layout = cluster_layout(train_cfg.workers, train_cfg.gpu)
     print(f"train layout: {layout.describe()}", flush=True)
     timeline.mark("worker layout chosen")
-    refs = _object_refs(model_cfg, train_cfg, splits)
+    payload = _payload(model_cfg, train_cfg, splits, share=True)
     queue = Queue(actor_options={"num_cpus": 0})
     timeline.mark("data in the object store")
+    latest = latest_checkpoint(run_dir / CHECKPOINTS)  # a resume of an in-process run
     trainer = _torch_trainer()(
         train_loop_per_worker,
         train_loop_config={
             "model": model_cfg.to_dict(),
             "train": train_cfg.to_dict(),
-            **refs,
+            **payload,
             "threads_per_worker": layout.threads,
+            "resume_from": None if latest is None else str(latest),
         },
         scaling_config=_scaling(layout),
         run_config=RunConfig(
@@ -240,15 +296,14 @@ def _make_trainer(
             callbacks=[_forward_metrics_callback(queue), controller_timeline_callback(queue)],
         ),
     )
-    return trainer, queue, layout
+    return trainer.fit, queue, layout
 
 
-def _object_refs(
-    model_cfg: ModelConfig, train_cfg: TrainConfig, splits: tuple[Any, Any]
+def _payload(
+    model_cfg: ModelConfig, train_cfg: TrainConfig, splits: tuple[Any, Any], share: bool
 ) -> dict[str, Any]:
-    """The data (M2: with the unlabeled images' labels hidden) and the judge, ray.put once."""
-    import ray
-
+    """The data (M2: with the unlabeled images' labels hidden) and the judge; `share` ray.puts
+    each once, for worker actors to fetch."""
     from trainer.inputs import evaluation_inputs
     from trainer.loop import pack_data
     from trainer.perceptual import judge_payload
@@ -259,26 +314,30 @@ def _object_refs(
     labels = train_set.labels
     if train_cfg.semi_supervised:  # the workers see the labeled subset's labels only
         labels = hide_labels(labels, train_cfg, model_cfg.num_classes)
-    judge = judge_payload(train_cfg)
-    return {
-        "data_ref": ray.put(pack_data(train_set.images, labels, test_inputs, test_set.labels)),
-        "judge_ref": None if judge is None else ray.put(judge),
+    payload = {
+        "data": pack_data(train_set.images, labels, test_inputs, test_set.labels),
+        "judge": judge_payload(train_cfg),
     }
+    if share:
+        import ray
+
+        payload = {k: None if v is None else ray.put(v) for k, v in payload.items()}
+    return payload
 
 
 def _fit(
-    trainer: Any,
+    run_fit: Callable[[], Any],
     queue: Any,
     run_dir: Path,
     epochs: int,
     show_progress: bool,
     timeline: Timeline,
 ) -> tuple[Any, dict[str, Any], int]:
-    """Run `trainer.fit()` on a thread while this one logs each epoch as it arrives.
+    """Run `run_fit()` on a thread while this one logs each epoch as it arrives.
 
     Returns Ray's result, the last epoch's metrics and the number of epochs run.
     """
-    from ray.util.queue import Empty
+    from queue import Empty  # ray.util.queue.Empty derives from it
 
     from vaegen.progress import progress
 
@@ -286,7 +345,7 @@ def _fit(
 
     def fit() -> None:
         try:
-            outcome["result"] = trainer.fit()
+            outcome["result"] = run_fit()
         except BaseException as exc:  # noqa: BLE001 - re-raised on the main thread
             outcome["error"] = exc
 

@@ -79,8 +79,14 @@ class TrainLayout:
     threads: int  # 0: each worker uses its node's CPU count (see node_cpus)
     gpu: bool
     chosen_by: str  # "cluster" (sized to it) or "--workers"
+    in_process: bool = False  # the one worker runs in this process (trainer/inprocess.py)
 
     def describe(self) -> str:
+        if self.in_process:
+            return (
+                f"1 worker in this process (Ray Train local mode: no cluster to join), torch "
+                f"threads: {self.threads} (chosen by {self.chosen_by}; --workers N for Ray actors)"
+            )
         each = "its node's CPUs" if self.threads == 0 else f"{self.threads}"
         unit = "GPU" if self.gpu else ("node" if self.chosen_by == "cluster" else "worker")
         return (
@@ -111,6 +117,13 @@ def train_layout(node_cpus: list[float], gpus: float, workers: int, use_gpu: boo
     # Fractional CPUs when workers outnumber cores, so the group can always be placed.
     cpus = max(1.0, math.floor(total / workers)) if total >= workers else total / workers
     return TrainLayout(workers, cpus, max(1, int(cpus)), use_gpu, chosen_by)
+
+
+def local_layout() -> TrainLayout:
+    """One worker in this process using every core this process may run on."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    cpus = max(1, cpus or 1)
+    return TrainLayout(1, float(cpus), cpus, False, "this machine", in_process=True)
 
 
 def cluster_layout(workers: int, use_gpu: bool) -> TrainLayout:

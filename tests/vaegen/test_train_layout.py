@@ -45,3 +45,13 @@ def test_workers_flag_forces_the_count() -> None:
 def test_config_json_layout_key_is_ignored_when_read_back() -> None:
     record = {**TrainConfig(workers=1).to_dict(), "layout": {"workers": 1}}
     assert TrainConfig.from_dict(record) == TrainConfig(workers=1)
+
+
+def test_local_layout_is_one_in_process_worker_on_every_core() -> None:
+    from vaegen.raycluster import local_layout
+
+    layout = local_layout()
+    assert layout.in_process and layout.workers == 1 and layout.threads >= 1
+    assert layout.cpus_per_worker == layout.threads
+    assert "in this process" in layout.describe() and layout.to_dict()["in_process"]
+    assert not train_layout([2.0], 0, workers=0, use_gpu=False).in_process
