@@ -197,6 +197,7 @@ def _prepare(
     with contextlib.ExitStack() as stack:
         found = [Path(stack.enter_context(checkpoint.as_directory()))] if checkpoint else []
         found += [Path(resume_from)] if resume_from else []
+        found = [d for d in found if (d / CHECKPOINT_STATE).is_file()]  # not since pruned
         if found:
             start_epoch = _load_checkpoint(max(found, key=_checkpoint_epoch), model, parts)
     if world == 1:

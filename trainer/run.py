@@ -259,7 +259,7 @@ def _ray_run(
     from ray.train import CheckpointConfig, FailureConfig, RunConfig
     from ray.util.queue import Queue
 
-    from trainer.inprocess import latest_checkpoint
+    from trainer.inprocess import LOCAL_DIR, latest_checkpoint
     from trainer.loop import train_loop_per_worker
     from vaegen.raycluster import cluster_layout, init_ray
 
@@ -277,7 +277,8 @@ def _ray_run(
     payload = _payload(model_cfg, train_cfg, splits, share=True)
     queue = Queue(actor_options={"num_cpus": 0})
     timeline.mark("data in the object store")
-    latest = latest_checkpoint(run_dir / CHECKPOINTS)  # a resume of an in-process run
+    # A resume of an in-process run (Ray Train restores its own checkpoints by itself).
+    latest = latest_checkpoint(run_dir / CHECKPOINTS / LOCAL_DIR)
     trainer = _torch_trainer()(
         train_loop_per_worker,
         train_loop_config={
