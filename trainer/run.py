@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -31,6 +32,7 @@ RUN_NAME = "train"
 TRAIN_LOG = "train_log.jsonl"
 CHECKPOINTS = "checkpoints"
 MODEL = "model"
+FIT_DONE = "vaegen: fit returned"  # the last message on the epoch queue
 
 
 @dataclass(frozen=True)
@@ -349,6 +351,9 @@ def _fit(
             outcome["result"] = run_fit()
         except BaseException as exc:  # noqa: BLE001 - re-raised on the main thread
             outcome["error"] = exc
+        finally:  # wake the loop below now, not at its next timeout; it also polls the thread
+            with contextlib.suppress(Exception):
+                queue.put(FIT_DONE)
 
     thread = threading.Thread(target=fit, name="ray-train-fit", daemon=True)
     thread.start()
@@ -365,6 +370,8 @@ def _fit(
                 if not thread.is_alive() and queue.empty():
                     break
                 continue
+            if message == FIT_DONE:  # every epoch was put before it
+                break
             steps = message.pop(TIMELINE_KEY, {})
             timeline.merge("worker: " if "epoch" in message else "", steps)
             if "epoch" not in message:  # a controller step, not an epoch
