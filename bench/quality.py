@@ -49,6 +49,17 @@ ROWS = (
     Row("mnist-cvae", "mnist.toml", "shipped MNIST CVAE (MLP)"),
     Row("fashion-cvae", "fashion-mnist.toml", "shipped Fashion-MNIST CVAE"),
     Row(
+        "fashion-cvae-levers",
+        "fashion-levers.toml",
+        "fashion-mnist.toml with MNIST's label levers (label head, class prior)",
+    ),
+    Row(
+        "fashion-perceptual",
+        "fashion-perceptual.toml",
+        "fashion-mnist.toml + feature perceptual loss (W=0.3)",
+    ),
+    Row("fashion-vaegan", "fashion-vaegan.toml", "fashion-mnist.toml + VAE-GAN (W=1)"),
+    Row(
         "mnist-vae",
         "mnist-vae.toml",
         "unconditional VAE, dynamically binarized MNIST",

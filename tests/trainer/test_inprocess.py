@@ -25,6 +25,15 @@ VAEGEN = str(Path(sys.executable).with_name("vaegen"))
 CFG = ModelConfig(model="cvae", arch="mlp", hidden_dims=(64,))
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _no_ray_connected() -> None:
+    """An earlier module's CLI test may leave this process connected to a Ray."""
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
+
+
 def _log(run: Path) -> list[dict]:
     return [json.loads(line) for line in (run / "train_log.jsonl").read_text().splitlines()]
 
