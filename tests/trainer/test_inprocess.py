@@ -91,6 +91,9 @@ def test_default_run_trains_here_without_starting_ray(
     assert layout["in_process"] and layout["workers"] == 1 and info.train["workers"] == 1
     steps = [e["name"] for e in json.loads((run / TIMELINE_FILE).read_text())["events"]]
     assert "worker: epoch 2 checkpoint written" in steps and "Ray started" not in steps
+    # A resume with no epoch left to run rebuilds RUN/model from the newest checkpoint.
+    again = train(CFG, TrainConfig(epochs=3), run, resume=True, show_progress=False)
+    assert again.epochs_run == 0 and again.metrics["epoch"] == 2
 
 
 @pytest.mark.slow
