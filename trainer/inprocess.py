@@ -85,8 +85,7 @@ def fit_in_process(
         while True:
             latest = latest_checkpoint(checkpoints)
             try:
-                result = make_trainer(None if latest is None else str(latest)).fit()
-                return _with_checkpoint(result, latest)
+                return make_trainer(None if latest is None else str(latest)).fit()
             except Exception as exc:
                 if 0 <= max_failures <= failures:
                     raise
@@ -98,15 +97,3 @@ def fit_in_process(
                 )
     finally:
         quiet.setLevel(level)
-
-
-def _with_checkpoint(result: Any, latest: Path | None) -> Any:
-    """Ray Train's Result; when no epoch was left to run (a --resume to the epochs already
-    done), its checkpoint is the one resumed from, as Ray Train's own restore gives."""
-    if result.checkpoint is not None or latest is None:
-        return result
-    import dataclasses
-
-    from ray.train import Checkpoint
-
-    return dataclasses.replace(result, checkpoint=Checkpoint.from_directory(str(latest)))

@@ -422,10 +422,9 @@ def _save_model(
 
     if result.error is not None:
         raise RuntimeError(f"training failed: {result.error}")
-    if result.checkpoint is None:
-        raise RuntimeError("training finished without a checkpoint")
+    checkpoint = result.checkpoint or _resumed_checkpoint(model_dir.parent)
     model = build_model(model_cfg)
-    with result.checkpoint.as_directory() as directory:
+    with checkpoint.as_directory() as directory:
         model.load_state_dict(load_file(str(Path(directory) / CHECKPOINT_WEIGHTS)))
         state = json.loads((Path(directory) / CHECKPOINT_STATE).read_text())
     final = state.get("metrics", last)
@@ -447,3 +446,16 @@ def _save_model(
     )
     _swap_in(staging, model_dir)
     return final
+
+
+def _resumed_checkpoint(run_dir: Path) -> Any:
+    """With no epoch left to run (a --resume to the epochs already done), neither layout
+    reports a checkpoint: the newest one on disk, which the run resumed from, is the result."""
+    from ray.train import Checkpoint
+
+    from trainer.inprocess import latest_checkpoint
+
+    latest = latest_checkpoint(run_dir / CHECKPOINTS)
+    if latest is None:
+        raise RuntimeError("training finished without a checkpoint")
+    return Checkpoint.from_directory(str(latest))
