@@ -49,9 +49,9 @@ ROWS = (
     Row("mnist-cvae", "mnist.toml", "shipped MNIST CVAE (MLP)"),
     Row("fashion-cvae", "fashion-mnist.toml", "shipped Fashion-MNIST CVAE"),
     Row(
-        "fashion-cvae-levers",
-        "fashion-levers.toml",
-        "fashion-mnist.toml with MNIST's label levers (label head, class prior)",
+        "fashion-cvae-nolevers",
+        "fashion-nolevers.toml",
+        "fashion-mnist.toml without MNIST's label levers (no label head, N(0, I) prior)",
     ),
     Row(
         "fashion-perceptual",
