@@ -23,8 +23,19 @@ from pathlib import Path
 from typing import Any
 
 LOCAL_DIR = "local"  # under RUN/checkpoints/, beside Ray Train's own run folder
-STATE_FILE = "state.json"  # trainer.loop.CHECKPOINT_STATE: {"epoch": N, "metrics": {...}}
+# A checkpoint folder's {"epoch": N, "metrics": {...}} (trainer.loop.CHECKPOINT_STATE), named
+# here so the driver can find checkpoints without importing torch.
+STATE_FILE = "state.json"
 PREFIX = "checkpoint_epoch_"
+
+
+def checkpoint_epoch(directory: Path) -> int | None:
+    """The epoch a checkpoint folder holds; None when its state is missing or unreadable (a
+    folder pruned since, or one Ray Train or this module never finished)."""
+    try:
+        return int(json.loads((directory / STATE_FILE).read_text())["epoch"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def wanted(ray_address: str | None, workers: int, gpu: bool) -> bool:
@@ -60,10 +71,9 @@ def latest_checkpoint(checkpoints: Path) -> Path | None:
     for state in checkpoints.glob(f"**/{STATE_FILE}"):
         if any(part.startswith(".") for part in state.relative_to(checkpoints).parts):
             continue  # a folder still being written
-        try:
-            epoch = int(json.loads(state.read_text())["epoch"])
-        except (OSError, ValueError, KeyError, TypeError):
-            continue  # unreadable: Ray Train or this module never finished it
+        epoch = checkpoint_epoch(state.parent)
+        if epoch is None:
+            continue
         key = (epoch, state.stat().st_mtime, state.parent)
         best = key if best is None or key[:2] > best[:2] else best
     return None if best is None else best[2]

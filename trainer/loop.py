@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 from trainer.adversarial import Adversary
 from trainer.collapse import latent_metrics
 from trainer.config import ModelConfig, TrainConfig
-from trainer.inprocess import save_checkpoint
+from trainer.inprocess import STATE_FILE, checkpoint_epoch, save_checkpoint
 from trainer.models import VAE, build_model
 from trainer.perceptual import perceptual_loss
 from trainer.semisupervised import SemiSupervised, classifier_correct
@@ -36,7 +36,7 @@ from vaegen.raycluster import node_cpus
 
 CHECKPOINT_WEIGHTS = "model.safetensors"
 CHECKPOINT_OPTIMIZER = "optimizer.pt"
-CHECKPOINT_STATE = "state.json"
+CHECKPOINT_STATE = STATE_FILE
 # Tests slow epochs down with this, so a worker can be killed mid-run.
 EPOCH_SLEEP_ENV = "VAEGEN_TEST_EPOCH_SLEEP"
 
@@ -94,7 +94,7 @@ def _load_checkpoint(directory: Path, model: VAE, parts: Parts) -> int:
     parts.optimizer.load_state_dict(optimizer_state)
     if parts.adversary is not None:
         parts.adversary.load(directory)
-    return _checkpoint_epoch(directory) + 1
+    return int(checkpoint_epoch(directory)) + 1  # type: ignore[arg-type] - readable: _prepare checks
 
 
 def _loaders(
@@ -197,18 +197,14 @@ def _prepare(
     with contextlib.ExitStack() as stack:
         found = [Path(stack.enter_context(checkpoint.as_directory()))] if checkpoint else []
         found += [Path(resume_from)] if resume_from else []
-        found = [d for d in found if (d / CHECKPOINT_STATE).is_file()]  # not since pruned
+        found = [d for d in found if checkpoint_epoch(d) is not None]  # not since pruned
         if found:
-            start_epoch = _load_checkpoint(max(found, key=_checkpoint_epoch), model, parts)
+            start_epoch = _load_checkpoint(max(found, key=checkpoint_epoch), model, parts)
     if world == 1:
         return model, start_epoch
     if parts.adversary is not None:
         parts.adversary.wrap(ray.train.torch.prepare_model(parts.adversary.net))
     return ray.train.torch.prepare_model(model), start_epoch
-
-
-def _checkpoint_epoch(directory: Path) -> int:
-    return int(json.loads((directory / CHECKPOINT_STATE).read_text())["epoch"])
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
